@@ -1,0 +1,104 @@
+"""A trial in flight: its worker process, what the worker said, and how the trial ended.
+
+The coordinator keeps one `ActiveTrial` per running worker. When the worker is gone, `judge`
+turns what it reported into the trial's final state, reason and value.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnContext
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from search.protocol import Failed, Finished, WorkerRequest
+from search.worker import run_worker
+from trainers.config import TrainConfig
+from trainers.history import TrainingHistory
+
+
+@dataclass
+class ActiveTrial:
+    trial: optuna.Trial
+    config: TrainConfig
+    process: BaseProcess
+    connection: Connection
+    run_id: str
+    folder: Path
+    slot: int
+    started: float = field(default_factory=time.monotonic)
+    records: list[dict[str, float]] = field(default_factory=list)
+    worker_config_yaml: str | None = None
+    prune_reason: str | None = None
+    outcome: Finished | Failed | None = None
+    pipe_closed: bool = False
+    #: Set when the coordinator itself ends the trial (Ctrl-C, study stopped).
+    forced_reason: str | None = None
+    #: Set when a peer failed the trial as stale while it still ran here.
+    taken_over: bool = False
+
+    @property
+    def history(self) -> TrainingHistory:
+        return TrainingHistory.from_records(self.records)
+
+
+def spawn_worker(
+    context: SpawnContext, request: WorkerRequest, coordinator_pid: int
+) -> tuple[BaseProcess, Connection]:
+    """Start a fresh interpreter for one trial; returns the process and our pipe end."""
+    ours, theirs = context.Pipe(duplex=True)
+    process = context.Process(
+        target=run_worker,
+        args=(theirs, request, coordinator_pid),
+        name=f"trial-{request.trial_number}",
+        daemon=True,
+    )
+    process.start()
+    theirs.close()  # the worker holds its end; EOF on ours then means it is gone
+    return process, ours
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "no exit code"
+    if exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = " (e.g. the kernel's out-of-memory killer)" if name == "SIGKILL" else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {exitcode}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    state: TrialState
+    reason: str = ""
+    detail: str = ""
+    value: float | None = None
+
+
+def judge(active: ActiveTrial, objective: Callable[[TrainingHistory], float | None]) -> Verdict:
+    """The final state of a trial whose worker has ended."""
+    outcome = active.outcome
+    if active.forced_reason is not None and not isinstance(outcome, Finished):
+        # A worker that had already finished keeps its result, even if stopped while exiting.
+        return Verdict(TrialState.FAIL, active.forced_reason, "stopped by the coordinator")
+    if isinstance(outcome, Failed):
+        return Verdict(TrialState.FAIL, outcome.kind, outcome.message)
+    if outcome is None:
+        exit_text = describe_exit(active.process.exitcode)
+        return Verdict(TrialState.FAIL, "worker_died", f"worker {exit_text} before finishing")
+    if active.prune_reason is not None:
+        return Verdict(TrialState.PRUNED, active.prune_reason)
+    if outcome.stop_reason == "non_finite_loss":
+        return Verdict(TrialState.PRUNED, "nan", outcome.stop_detail or "")
+    value = objective(active.history)
+    if value is None:
+        return Verdict(TrialState.PRUNED, "nan", "no epoch with finite metrics")
+    return Verdict(TrialState.COMPLETE, value=value)

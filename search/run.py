@@ -1,0 +1,201 @@
+"""Run or resume a study: `python -m search.run --study NAME`.
+
+    python -m search.run --study demo
+    python -m search.run --study effnet_b4 --data data/stanford_dogs/train --n-trials 40
+
+The trial count is the study's target total: running the same command again continues the
+study until that many trials have finished, so an interrupted study is completed, not
+restarted. One line is printed per finished trial (number, state, value or reason, best so
+far, elapsed time), plus one per epoch. Bad input is one `error:` line and exit status 2,
+before any trial starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+
+from search.coordinator import RunSettings, StudyMismatchError, run_study
+from search.retry import RetryPolicy, StudyStoppedError
+from search.slots import SlotError, detect_gpus, parse_gpus, worker_environments
+from search.storage import DEFAULT_STORAGE, StorageError, check_storage_url
+from search.studies import STUDIES, StudySpec, UnknownStudyError, get_study_spec
+from trainers.errors import ModelBuildError, TrainerInputError
+from trainers.image_folder import scan_image_folder
+from trainers.outputs import ensure_writable_folder
+from trainers.tracking import check_tracking_uri, resolve_tracking_uri
+
+
+class UsageError(Exception):
+    """Bad command-line input; reported as one line."""
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m search.run",
+        description="Run (or resume) an Optuna study of fine-tuning strategies.",
+    )
+    parser.add_argument("--study", required=True, help=f"one of: {', '.join(sorted(STUDIES))}")
+    parser.add_argument(
+        "--n-trials", type=int, help="target total of finished trials (default: the study's)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds after which no new trial starts (running ones finish)",
+    )
+    parser.add_argument(
+        "--storage", default=DEFAULT_STORAGE, help="Optuna storage URL (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--data", help="data source (default: the study's), e.g. a folder or tfds:NAME"
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+    parser.add_argument(
+        "--output", help="folder for trial logs and artifacts (default: runs/search/<study>)"
+    )
+    parallel = parser.add_argument_group("parallel and fault tolerance")
+    parallel.add_argument(
+        "--workers",
+        type=int,
+        help="trials at once (default: one per GPU in --gpus, else 1); without GPUs, CPU workers",
+    )
+    parallel.add_argument(
+        "--gpus", help="GPU indices, one worker pinned to each, e.g. 0,1 (default: all detected)"
+    )
+    parallel.add_argument(
+        "--retries",
+        type=int,
+        default=RetryPolicy.retries,
+        help="re-runs of a trial after an infrastructure failure (default: %(default)s)",
+    )
+    parallel.add_argument(
+        "--max-consecutive-failures",
+        type=int,
+        default=RetryPolicy.max_consecutive_failures,
+        help="stop the study after this many failed trials in a row (default: %(default)s)",
+    )
+    parallel.add_argument(
+        "--heartbeat-interval",
+        type=int,
+        default=RunSettings.heartbeat_interval,
+        help="seconds between trial heartbeats (default: %(default)s)",
+    )
+    parallel.add_argument(
+        "--grace-period",
+        type=int,
+        default=RunSettings.grace_period,
+        help="seconds without heartbeat before a trial is re-run (default: %(default)s)",
+    )
+    return parser.parse_args(argv)
+
+
+def preflight(spec: StudySpec, data_source: str) -> None:
+    """Reject, before any trial starts, what would make every trial fail: a data source the
+    space's configs reject, a bad data folder, a weights file that is not there."""
+    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))  # in memory
+    if spec.enqueued:
+        probe.enqueue_trial(dict(spec.enqueued[0].params))
+    config = spec.space(probe.ask(), data_source)
+    weights = config.model.weights
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise ModelBuildError(
+            f"model.weights: {weights} does not exist; the {spec.name} study names it relative "
+            "to the working directory, so run it from the repository root"
+        )
+    if config.data.source_kind == "directory":
+        scan_image_folder(config.data.source)
+        if isinstance(config.data.validation, str):
+            scan_image_folder(config.data.validation)
+
+
+def settings_from(args: argparse.Namespace) -> tuple[str, RunSettings]:
+    spec = get_study_spec(args.study)
+    n_trials = args.n_trials if args.n_trials is not None else spec.n_trials
+    if n_trials < 1:
+        raise UsageError(f"--n-trials must be at least 1, got {n_trials}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError(f"--timeout must be positive, got {args.timeout}")
+    check_storage_url(args.storage)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_uri(tracking_uri)
+    data_source = args.data or spec.default_data
+    preflight(spec, data_source)
+    gpus = parse_gpus(args.gpus) if args.gpus else detect_gpus()
+    environments = worker_environments(args.workers, gpus)
+    if args.heartbeat_interval < 1 or args.grace_period <= args.heartbeat_interval:
+        raise UsageError(
+            "--grace-period must exceed --heartbeat-interval (>= 1 s), got "
+            f"{args.grace_period} and {args.heartbeat_interval}"
+        )
+    try:
+        retry = RetryPolicy(args.retries, args.max_consecutive_failures)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    output = ensure_writable_folder(Path(args.output or Path("runs") / "search" / spec.name))
+    return spec.name, RunSettings(
+        n_trials=n_trials,
+        storage=args.storage,
+        data_source=data_source,
+        tracking_uri=tracking_uri,
+        output_dir=output,
+        timeout=args.timeout,
+        workers=len(environments),
+        worker_environments=environments,
+        retry=retry,
+        heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period,
+    )
+
+
+def _resume_command(argv: Sequence[str]) -> str:
+    return " ".join(["python -m search.run", *argv])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = _parse(arguments)
+    # The runner prints its own lines; Optuna's INFO log would repeat them.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        name, settings = settings_from(args)
+    except (UnknownStudyError, StorageError, TrainerInputError, UsageError, SlotError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        summary = run_study(get_study_spec(name), settings)
+    except StudyMismatchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        resume = _resume_command(arguments)
+        print(
+            f"\ninterrupted; the stores are consistent. Resume with:\n  {resume}", file=sys.stderr
+        )
+        return 130
+    except StudyStoppedError as error:
+        print(f"error: {error}\n  {_resume_command(arguments)}", file=sys.stderr)
+        return 3
+    except Exception:
+        # A bug or a lost server: the traceback matters, and so does how to carry on.
+        print(
+            f"the study stopped on an error; resume with: {_resume_command(arguments)}",
+            file=sys.stderr,
+        )
+        raise
+    if summary.best_trial is not None:
+        print(f"export the best config with: python -m search.export --study {name} -o best.yaml")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The worker process: trains one trial's config with the Keras trainer and reports each epoch.
+
+Started with the multiprocessing *spawn* method, so it begins with a fresh interpreter: no
+TensorFlow state, host memory or GPU memory is inherited from the coordinator or from earlier
+trials, and whatever this trial leaks dies with the process. Everything it prints (including
+TensorFlow's C++ logs) goes to the trial's log file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from multiprocessing.connection import Connection
+
+from search.faults import fault_callback, faults_for
+from search.protocol import (
+    Epoch,
+    Failed,
+    FailureKind,
+    Finished,
+    Started,
+    Stop,
+    WorkerRequest,
+)
+
+COORDINATOR_GONE = "coordinator_gone"
+
+
+def _redirect_output(log_path: str) -> None:
+    log = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    # dup2 the file descriptors too, so TensorFlow's C++ logging lands in the same file.
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    sys.stdout = sys.stderr = log
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """If the coordinator is killed (kill -9), stop training instead of running on unseen."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(3)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
+def _classify(error: BaseException) -> FailureKind:
+    from trainers.errors import TrainerInputError
+
+    if isinstance(error, TrainerInputError):
+        return "input"
+    if isinstance(error, MemoryError):
+        return "host_oom"
+    # tf.errors.ResourceExhaustedError, without importing TensorFlow just to name it.
+    if type(error).__name__ == "ResourceExhaustedError" or "OOM when allocating" in str(error):
+        return "gpu_oom"
+    return "error"
+
+
+def run_worker(connection: Connection, request: WorkerRequest, parent_pid: int) -> None:
+    """Entry point of the spawned process."""
+    # Ctrl-C reaches the whole process group; the coordinator decides what happens to us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(request.environment)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _redirect_output(request.log_path)
+    _exit_when_orphaned(parent_pid)
+    print(f"trial {request.trial_number}: worker pid {os.getpid()}", flush=True)
+    try:
+        from trainers.config import TrainConfig
+        from trainers.data import load_datasets
+        from trainers.fit import fit
+
+        config = TrainConfig.from_yaml(request.config_yaml, origin=f"trial {request.trial_number}")
+        datasets = load_datasets(config)
+        connection.send(
+            Started(
+                num_classes=datasets.num_classes,
+                train_count=datasets.train_count,
+                validation_count=datasets.validation_count,
+                config_yaml=config.to_yaml(),
+            )
+        )
+
+        def report(epoch: int, metrics: Mapping[str, float]) -> str | None:
+            try:
+                connection.send(Epoch(epoch, dict(metrics)))
+                reply = connection.recv()
+            except (EOFError, OSError):
+                return COORDINATOR_GONE
+            return reply.reason if isinstance(reply, Stop) else None
+
+        injected = faults_for(request.trial_number)
+        callbacks = [fault_callback(injected)] if injected else []
+        result = fit(config, report=report, datasets=datasets, callbacks=callbacks)
+        connection.send(Finished(stop_reason=result.stop_reason, stop_detail=result.stop_detail))
+    except BaseException as error:  # report anything, then exit non-zero
+        details = traceback.format_exc()
+        print(details, flush=True)
+        with contextlib.suppress(EOFError, OSError):
+            connection.send(Failed(_classify(error), f"{type(error).__name__}: {error}", details))
+        raise SystemExit(1) from None
+    finally:
+        connection.close()

@@ -1,0 +1,59 @@
+"""Shared fixtures: small configs, generated image folders and the committed pretrained weights.
+
+Everything runs on CPU with generated data; no test touches the network.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+REPO = Path(__file__).resolve().parents[1]
+PRETRAINED_WEIGHTS = REPO / "weights" / "mobilenetv3small_synthetic_source_64.weights.h5"
+
+
+def small_config_dict(**overrides: Any) -> dict[str, Any]:
+    """A fast two-phase job on the generated target task (MobileNetV3Small, 64 px)."""
+    raw: dict[str, Any] = {
+        "data": {
+            "source": "synthetic:target",
+            "image_size": 64,
+            "synthetic": {"classes": 6, "images_per_class": 40},
+        },
+        "model": {"backbone": "MobileNetV3Small", "weights": str(PRETRAINED_WEIGHTS)},
+        "phases": [
+            {"epochs": 2, "learning_rate": 3e-3},
+            {"epochs": 2, "learning_rate": 1e-4, "unfreeze_blocks": 2},
+        ],
+        "batch_size": 32,
+    }
+    for key, value in overrides.items():
+        raw[key] = value
+    return raw
+
+
+@pytest.fixture
+def make_config() -> Callable[..., Any]:
+    from trainers.config import TrainConfig
+
+    def make(**overrides: Any) -> TrainConfig:
+        return TrainConfig.from_dict(small_config_dict(**overrides))
+
+    return make
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Three classes x 8 PNGs at 40 px, in the Stanford Dogs folder layout."""
+    from trainers.synthetic import write_image_folder
+
+    return write_image_folder(
+        tmp_path / "images", "target", num_classes=3, images_per_class=8, image_size=40
+    )

@@ -1,0 +1,169 @@
+"""Run `python -m search.run` as users do, watch its lines, and check a study's invariants."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from search.budget import RETRY_OF, budget
+from tests.conftest import REPO
+
+
+class CoordinatorProcess:
+    """A coordinator subprocess whose output is read line by line."""
+
+    def __init__(
+        self, args: list[str], cwd: Path, environment: dict[str, str] | None = None
+    ) -> None:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        }
+        env.pop("MLFLOW_TRACKING_URI", None)
+        env.update(environment or {})
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "search.run", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+
+    def read_until(self, predicate: Callable[[str], bool]) -> str | None:
+        """Read lines until one satisfies `predicate` (returned) or the process ends (None)."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            if predicate(line):
+                return line
+        return None
+
+    def finish(self, timeout: float = 600) -> int:
+        self.read_until(lambda _: False)
+        return self.process.wait(timeout=timeout)
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def kill(self) -> int:
+        self.process.send_signal(signal.SIGKILL)
+        return self.process.wait(timeout=60)
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def is_epoch_line(line: str) -> bool:
+    return line.startswith("  trial ") and " epoch " in line
+
+
+def has_epochs_left(line: str) -> bool:
+    """An epoch line (`  trial   3 epoch   1/3 ...`) of a trial with more epochs to train."""
+    if not is_epoch_line(line):
+        return False
+    done, total = line.split(" epoch ")[1].split()[0].split("/")
+    return int(done) < int(total)
+
+
+def is_finished_line(line: str) -> bool:
+    return line.startswith("trial ") and " best " in line
+
+
+@dataclass
+class Snapshot:
+    """What the stores say about a study at one moment."""
+
+    states: dict[int, TrialState]
+    values: dict[int, float | None]
+    params: dict[int, dict[str, object]]
+    user_attrs: dict[int, dict[str, object]]
+    used: int
+    runs_per_trial: dict[int, int] = field(default_factory=dict)
+    run_status: dict[int, list[str]] = field(default_factory=dict)
+    parents: int = 0
+
+    def completed(self) -> dict[int, float | None]:
+        return {n: self.values[n] for n, s in self.states.items() if s == TrialState.COMPLETE}
+
+    def retried(self) -> set[int]:
+        return {int(attrs[RETRY_OF]) for attrs in self.user_attrs.values() if RETRY_OF in attrs}  # type: ignore[call-overload]
+
+    def with_reason(self, reason: str) -> list[int]:
+        return [
+            n
+            for n, attrs in self.user_attrs.items()
+            if attrs.get("fail_reason") == reason or attrs.get("prune_reason") == reason
+        ]
+
+
+def snapshot(study_name: str, storage: str, tracking_uri: str, target: int) -> Snapshot:
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    trials = study.get_trials()
+    result = Snapshot(
+        states={t.number: t.state for t in trials},
+        values={t.number: t.value for t in trials},
+        params={t.number: dict(t.params) for t in trials},
+        user_attrs={t.number: dict(t.user_attrs) for t in trials},
+        used=budget(study, target).used,
+    )
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(study_name)
+    if experiment is None:
+        return result
+    for run in client.search_runs([experiment.experiment_id], max_results=5000):
+        role = run.data.tags.get("finetune_search.role")
+        if role == "study":
+            result.parents += 1
+        elif role == "trial":
+            number = int(run.data.tags["optuna.trial_number"])
+            result.runs_per_trial[number] = result.runs_per_trial.get(number, 0) + 1
+            result.run_status.setdefault(number, []).append(run.info.status)
+    return result
+
+
+def check_final_invariants(final: Snapshot, target: int) -> None:
+    """The promises of a finished study, whatever faults it went through."""
+    # It reached its target, and nothing is left RUNNING or queued.
+    assert final.used == target, final.used
+    assert not [n for n, s in final.states.items() if s in (TrialState.RUNNING, TrialState.WAITING)]
+    # Trial numbers are unique and dense; every trial has exactly one MLflow run, closed.
+    assert sorted(final.states) == list(range(len(final.states)))
+    assert final.runs_per_trial == {n: 1 for n in final.states}, final.runs_per_trial
+    assert all(status != ["RUNNING"] for status in final.run_status.values())
+    assert final.parents == 1
+    # No completed trial is duplicated: a retry chain (a trial and its re-runs) ends at most once.
+    for number in final.retried():
+        assert final.states[number] == TrialState.FAIL
+    retries_of: dict[int, list[int]] = {}
+    for number, attrs in final.user_attrs.items():
+        if RETRY_OF in attrs:
+            retries_of.setdefault(int(attrs[RETRY_OF]), []).append(number)  # type: ignore[call-overload]
+    for original, retries in retries_of.items():
+        chain = [original, *retries]
+        finished_ok = [
+            n for n in chain if final.states[n] in (TrialState.COMPLETE, TrialState.PRUNED)
+        ]
+        assert len(finished_ok) <= 1, chain
+        assert all(final.params[n] == final.params[original] for n in chain)
+
+
+def check_nothing_lost(before: Snapshot, after: Snapshot) -> None:
+    """Every trial completed before a fault is still completed, with the same value."""
+    for number, value in before.completed().items():
+        assert after.states[number] == TrialState.COMPLETE and after.values[number] == value

@@ -1,0 +1,160 @@
+"""`python -m search.run` and `python -m search.export` as users run them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import REPO
+from trainers.config import load_config
+
+
+def _run(
+    module: str, args: list[str], cwd: Path, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    return lines[0]
+
+
+def test_unknown_study_lists_the_valid_names(tmp_path: Path) -> None:
+    line = _one_error_line(_run("search.run", ["--study", "effnet_b9"], tmp_path))
+    assert line == (
+        "error: unknown study 'effnet_b9'; valid studies: demo, effnet_b0, effnet_b4, smoke"
+    )
+    assert not (tmp_path / "optuna.db").exists()
+
+
+def test_missing_data_folder_is_reported_before_any_trial(tmp_path: Path) -> None:
+    line = _one_error_line(_run("search.run", ["--study", "effnet_b4"], tmp_path))
+    assert "data directory data/stanford_dogs/train does not exist" in line
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_single_class_data_folder_is_reported_before_any_trial(tmp_path: Path) -> None:
+    from trainers.synthetic import write_image_folder
+
+    write_image_folder(
+        tmp_path / "dogs", "target", num_classes=2, images_per_class=2, image_size=32
+    )
+    for extra in sorted((tmp_path / "dogs").iterdir())[1:]:
+        for image in extra.iterdir():
+            image.unlink()
+        extra.rmdir()
+    line = _one_error_line(_run("search.run", ["--study", "effnet_b0", "--data", "dogs"], tmp_path))
+    assert "has 1 class; at least 2 are needed" in line
+    assert not (tmp_path / "optuna.db").exists()
+
+
+def test_demo_outside_the_repository_says_where_its_weights_should_be(tmp_path: Path) -> None:
+    line = _one_error_line(_run("search.run", ["--study", "demo"], tmp_path))
+    assert "weights/mobilenetv3small_synthetic_source_64.weights.h5 does not exist" in line
+    assert "run it from the repository root" in line
+
+
+def test_a_data_source_the_space_rejects_is_one_error_line(tmp_path: Path) -> None:
+    (tmp_path / "weights").symlink_to(REPO / "weights")
+    line = _one_error_line(
+        _run("search.run", ["--study", "demo", "--data", "synthetic:foo"], tmp_path)
+    )
+    assert "synthetic task 'foo' is unknown" in line
+
+
+def test_unwritable_output_is_reported_before_any_trial(tmp_path: Path) -> None:
+    (tmp_path / "weights").symlink_to(REPO / "weights")
+    (tmp_path / "a-file").write_text("")
+    args = ["--study", "demo", "--output", "a-file/runs"]
+    line = _one_error_line(_run("search.run", args, tmp_path))
+    assert "output folder a-file/runs is not writable" in line
+    assert not (tmp_path / "optuna.db").exists()
+
+
+def test_bad_worker_options_are_one_error_line(tmp_path: Path) -> None:
+    (tmp_path / "weights").symlink_to(REPO / "weights")
+    line = _one_error_line(
+        _run("search.run", ["--study", "demo", "--workers", "3", "--gpus", "0,1"], tmp_path)
+    )
+    assert "one worker per GPU" in line
+    line = _one_error_line(
+        _run(
+            "search.run",
+            ["--study", "demo", "--grace-period", "5", "--heartbeat-interval", "10"],
+            tmp_path,
+        )
+    )
+    assert "--grace-period must exceed --heartbeat-interval" in line
+
+
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [
+        ("not a url", "malformed storage URL 'not a url'"),
+        ("postgresql://nobody:secret@127.0.0.1:1/none", "is unreachable"),
+    ],
+)
+def test_bad_storage_is_one_error_line(tmp_path: Path, storage: str, expected: str) -> None:
+    line = _one_error_line(_run("search.run", ["--study", "demo", "--storage", storage], tmp_path))
+    assert expected in line
+    # Passwords never reach the terminal.
+    assert "secret" not in line
+
+
+def test_unreachable_tracking_server_is_one_error_line(tmp_path: Path) -> None:
+    args = ["--study", "demo", "--tracking-uri", "http://127.0.0.1:9"]
+    line = _one_error_line(_run("search.run", args, tmp_path))
+    assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in line
+    assert not (tmp_path / "optuna.db").exists()
+
+
+def test_export_of_an_unknown_or_unfinished_study_is_one_error_line(tmp_path: Path) -> None:
+    line = _one_error_line(_run("search.export", ["--study", "nothing-here"], tmp_path))
+    assert "no study storage at sqlite:///optuna.db" in line
+    # Asking did not create an empty database.
+    assert not (tmp_path / "optuna.db").exists()
+
+
+@pytest.mark.slow
+def test_demo_runs_exports_and_the_export_trains(tmp_path: Path) -> None:
+    (tmp_path / "weights").symlink_to(REPO / "weights")
+    # The demo's two enqueued trials (the full demo runs 8).
+    done = _run("search.run", ["--study", "demo", "--n-trials", "2"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    finished = [line for line in lines if line.startswith("trial ") and "best" in line]
+    assert len(finished) == 2
+    assert finished[0].startswith("trial   0 COMPLETE")
+    assert finished[1].startswith("trial   1 PRUNED   unfreeze_shock at epoch 3")
+    assert "python -m search.export --study demo -o best.yaml" in done.stdout
+
+    exported = _run("search.export", ["--study", "demo", "-o", "best.yaml"], tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    config = load_config(tmp_path / "best.yaml")
+    assert config.provenance is not None and config.provenance.study == "demo"
+
+    trained = _run("trainers.train", ["--config", "best.yaml", "--output", "prod"], tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert load_config(tmp_path / "prod" / "config.yaml") == config
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (production,) = client.search_runs([client.get_experiment_by_name("production").experiment_id])
+    # The production run links back to the trial it came from.
+    assert production.data.tags["provenance.study"] == "demo"
+    assert production.data.tags["provenance.trial_number"] == str(config.provenance.trial_number)

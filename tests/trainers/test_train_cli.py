@@ -1,0 +1,143 @@
+"""`python -m trainers.train`: files written, MLflow run logged, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from trainers.config import load_config
+from trainers.history import TrainingHistory
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", "trainers.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    # The example config names its weights relative to the working directory, as users run it.
+    (tmp_path / "weights").symlink_to(REPO / "weights")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_small_example_trains_saves_and_logs_to_mlflow(workdir: Path) -> None:
+    config_path = REPO / "configs" / "cpu_small.yaml"
+    done = _run(["--config", str(config_path), "--output", "out"], workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Per-epoch progress on stdout.
+    assert "epoch   1/8 [phase 1]" in done.stdout and "epoch   8/8 [phase 2]" in done.stdout
+    out = workdir / "out"
+    assert {p.name for p in out.iterdir()} == {
+        "model.keras",
+        "config.yaml",
+        "history.csv",
+        "learning_curves.png",
+    }
+    # The saved config is the resolved input config.
+    assert load_config(out / "config.yaml") == load_config(config_path)
+    history = TrainingHistory.from_csv(out / "history.csv")
+    assert history.series("epoch") == [1, 2, 3, 4, 5, 6, 7, 8]
+
+    import keras
+
+    model = keras.saving.load_model(out / "model.keras")
+    assert model.output_shape == (None, 8)
+
+    from mlflow import MlflowClient
+
+    # Default tracking store: sqlite:///mlflow.db in the working directory.
+    assert (workdir / "mlflow.db").is_file()
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("production")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["phase2.unfreeze_blocks"] == "3"
+    assert run.data.params["model.backbone"] == "MobileNetV3Small"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts == {"model.keras", "config.yaml", "history.csv", "learning_curves.png"}
+    assert run.data.metrics["best_val_accuracy"] == pytest.approx(history.best_val_accuracy)
+
+
+def test_bad_config_is_one_error_line(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"source": "synthetic:target"},
+                "model": {"backbone": "EfficientNetB0"},
+                "phases": [{"epochs": 1, "learning_rate": 1e-3, "optimiser": "adam"}],
+            }
+        )
+    )
+    done = _run(["--config", str(config)], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ")
+    assert "phases[0].optimiser: unknown key" in done.stderr
+    assert "Traceback" not in done.stderr
+    # Nothing was created for a config that never ran.
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_malformed_exported_yaml_is_one_error_line(tmp_path: Path) -> None:
+    config = tmp_path / "best.yaml"
+    config.write_text(
+        "# Best trial of study 'demo'\ndata:\n  source: [synthetic:target\nmodel: {}\n"
+    )
+    done = _run(["--config", str(config)], tmp_path)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: {config}: not valid YAML at line 4")
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_config_file_is_one_error_line(tmp_path: Path) -> None:
+    done = _run(["--config", "nope.yaml"], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: nope.yaml: no such config file"
+
+
+def test_unwritable_output_is_reported_before_training(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = _run(
+        ["--config", str(REPO / "configs" / "cpu_small.yaml"), "--output", str(blocker / "out")],
+        tmp_path,
+    )
+    assert done.returncode == 2
+    assert "is not writable" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_data_directory_is_one_error_line(tmp_path: Path) -> None:
+    config = tmp_path / "dogs.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"source": str(tmp_path / "no-such-dogs"), "image_size": 32},
+                "model": {"backbone": "EfficientNetB0", "weights": None},
+                "phases": [{"epochs": 1, "learning_rate": 1e-3}],
+            }
+        )
+    )
+    done = _run(["--config", str(config), "--output", "out"], tmp_path)
+    assert done.returncode == 2
+    assert "error: data directory" in done.stderr and "does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()

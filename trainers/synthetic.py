@@ -1,0 +1,201 @@
+"""Generated image-classification tasks for tests, the demo and pretraining, with no download.
+
+Each class is a combination of a shape, a fill texture and a hue, drawn at a random position,
+scale and rotation over a noisy background. The 240 combinations are split once, by a fixed
+shuffle, into two disjoint halves: the *source* task (for pretraining a backbone) and the
+*target* task (for fine-tuning it). Both draw on the same visual vocabulary, so features
+learned on one transfer to the other, as ImageNet features do to Stanford Dogs.
+
+Every image depends only on (seed, class index, image index): asking for more images or
+classes never changes the ones already generated.
+
+    python -m trainers.synthetic --task target --classes 8 --images-per-class 50 --out data/target
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+Task = Literal["source", "target"]
+
+SHAPES = ("disk", "square", "triangle", "ring", "cross", "diamond", "bar", "hourglass")
+TEXTURES = ("solid", "striped", "checkered", "dotted", "graded")
+HUES = {"red": 0.0, "orange": 0.08, "yellow": 0.16, "green": 0.33, "blue": 0.6, "purple": 0.78}
+
+# Fixed, so that the split into source and target classes never changes between releases.
+_CATALOGUE_SEED = 20_261_122
+
+
+@dataclass(frozen=True)
+class SyntheticClass:
+    shape: str
+    texture: str
+    hue: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.hue}-{self.texture}-{self.shape}"
+
+
+def _catalogue() -> list[SyntheticClass]:
+    combos = [SyntheticClass(*combo) for combo in itertools.product(SHAPES, TEXTURES, HUES)]
+    order = np.random.default_rng(_CATALOGUE_SEED).permutation(len(combos))
+    return [combos[index] for index in order]
+
+
+MAX_CLASSES_PER_TASK = len(SHAPES) * len(TEXTURES) * len(HUES) // 2
+
+
+def task_classes(task: Task, num_classes: int) -> tuple[SyntheticClass, ...]:
+    """The first `num_classes` classes of a task; source and target never share a class."""
+    if task not in ("source", "target"):
+        raise ValueError(f"unknown synthetic task {task!r}; allowed: source, target")
+    if not 2 <= num_classes <= MAX_CLASSES_PER_TASK:
+        raise ValueError(f"num_classes must be in 2..{MAX_CLASSES_PER_TASK}, got {num_classes}")
+    catalogue = _catalogue()
+    half = (
+        catalogue[:MAX_CLASSES_PER_TASK] if task == "source" else catalogue[MAX_CLASSES_PER_TASK:]
+    )
+    return tuple(half[:num_classes])
+
+
+MaskFunction = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
+
+_SHAPE_MASKS: dict[str, MaskFunction] = {
+    "disk": lambda u, v, r: u * u + v * v < r * r,
+    "square": lambda u, v, r: (np.abs(u) < 0.85 * r) & (np.abs(v) < 0.85 * r),
+    "triangle": lambda u, v, r: (v < 0.7 * r) & (v > -0.9 * r + 1.9 * np.abs(u)),
+    "ring": lambda u, v, r: (u * u + v * v < r * r) & (u * u + v * v > 0.36 * r * r),
+    "cross": lambda u, v, r: (
+        ((np.abs(u) < 0.3 * r) & (np.abs(v) < r)) | ((np.abs(v) < 0.3 * r) & (np.abs(u) < r))
+    ),
+    "diamond": lambda u, v, r: np.abs(u) + np.abs(v) < r,
+    "bar": lambda u, v, r: (np.abs(u) < 1.1 * r) & (np.abs(v) < 0.35 * r),
+    "hourglass": lambda u, v, r: (np.abs(u) < np.abs(v) + 0.05) & (np.abs(v) < r),
+}
+
+
+def _texture(name: str, u: np.ndarray, v: np.ndarray, r: float, frequency: float) -> np.ndarray:
+    if name == "solid":
+        return np.ones_like(u)
+    if name == "striped":
+        return 0.5 + 0.5 * (np.sin(u * frequency * 2 * np.pi) > 0)
+    if name == "checkered":
+        return 0.5 + 0.5 * ((np.floor(u * frequency) + np.floor(v * frequency)) % 2)
+    if name == "dotted":
+        waves = np.sin(u * frequency * 2 * np.pi) * np.sin(v * frequency * 2 * np.pi)
+        return 0.4 + 0.6 * (waves > 0.3)
+    return np.clip(0.3 + (u / r + 1) / 2 * 0.7, 0.3, 1.0)
+
+
+def render(cls: SyntheticClass, image_size: int, rng: np.random.Generator) -> np.ndarray:
+    """One uint8 RGB image of `cls`, with its pose, colour and background drawn from `rng`."""
+    grid = np.arange(image_size, dtype=np.float32) / image_size
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+    centre_x, centre_y = rng.uniform(0.3, 0.7, 2)
+    radius = float(rng.uniform(0.18, 0.32))
+    angle = rng.uniform(0, np.pi)
+    dx, dy = xx - centre_x, yy - centre_y
+    u = dx * np.cos(angle) + dy * np.sin(angle)
+    v = -dx * np.sin(angle) + dy * np.cos(angle)
+    mask = _SHAPE_MASKS[cls.shape](u, v, radius)
+    pattern = _texture(cls.texture, u, v, radius, float(rng.uniform(8, 12)))
+    hue = (HUES[cls.hue] + rng.normal(0, 0.02)) % 1.0
+    colour = np.array(
+        colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.7, 1.0)), np.float32
+    )
+    background = rng.uniform(0, 0.5, 3).astype(np.float32)
+    noise = rng.normal(0, 0.06, (image_size, image_size, 3)).astype(np.float32)
+    image = np.where(mask[..., None], colour * pattern[..., None], background + noise)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class SyntheticImages:
+    images: np.ndarray  # uint8, (count, size, size, 3)
+    labels: np.ndarray  # int64, (count,)
+    class_names: tuple[str, ...]
+
+
+def generate(
+    task: Task, *, num_classes: int, images_per_class: int, image_size: int, seed: int = 0
+) -> SyntheticImages:
+    """All images of a task, class by class."""
+    classes = task_classes(task, num_classes)
+    count = num_classes * images_per_class
+    images = np.empty((count, image_size, image_size, 3), np.uint8)
+    labels = np.repeat(np.arange(num_classes, dtype=np.int64), images_per_class)
+    task_index = 0 if task == "source" else 1
+    for position, (class_index, image_index) in enumerate(
+        itertools.product(range(num_classes), range(images_per_class))
+    ):
+        rng = np.random.default_rng([seed, task_index, class_index, image_index])
+        images[position] = render(classes[class_index], image_size, rng)
+    return SyntheticImages(images, labels, tuple(cls.name for cls in classes))
+
+
+def write_image_folder(
+    root: str | Path,
+    task: Task,
+    *,
+    num_classes: int,
+    images_per_class: int,
+    image_size: int,
+    seed: int = 0,
+) -> Path:
+    """Write a task as `root/<class name>/<index>.png`, the Stanford Dogs folder layout."""
+    from PIL import Image
+
+    root = Path(root)
+    data = generate(
+        task,
+        num_classes=num_classes,
+        images_per_class=images_per_class,
+        image_size=image_size,
+        seed=seed,
+    )
+    for index, (image, label) in enumerate(zip(data.images, data.labels, strict=True)):
+        folder = root / data.class_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{index:06d}.png")
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainers.synthetic",
+        description="Write a generated task as a folder of class subfolders of PNG images.",
+    )
+    parser.add_argument("--task", choices=("source", "target"), default="target")
+    parser.add_argument("--classes", type=int, default=8)
+    parser.add_argument("--images-per-class", type=int, default=50)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="folder to create")
+    args = parser.parse_args(argv)
+    try:
+        root = write_image_folder(
+            args.out,
+            args.task,
+            num_classes=args.classes,
+            images_per_class=args.images_per_class,
+            image_size=args.image_size,
+            seed=args.seed,
+        )
+    except (ValueError, OSError) as error:
+        parser.exit(2, f"error: {error}\n")
+    print(
+        f"wrote {args.classes * args.images_per_class} images in {args.classes} classes to {root}"
+    )
+
+
+if __name__ == "__main__":
+    main()

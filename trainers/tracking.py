@@ -1,0 +1,138 @@
+"""MLflow helpers shared by production training and the search: params, metrics, runs.
+
+Keras-free, so the search coordinator logs through the same code. The tracking URI defaults to
+`sqlite:///mlflow.db` in the working directory; MLFLOW_TRACKING_URI or an explicit URI wins.
+Browse with `mlflow ui --backend-store-uri sqlite:///mlflow.db`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from trainers.config import TrainConfig
+from trainers.errors import TrainerInputError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+# Per-epoch records carry these as metrics; epoch is the step, the rest are not curves.
+_NOT_METRICS = {"epoch"}
+
+
+def resolve_tracking_uri(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+class TrackingError(TrainerInputError):
+    """The MLflow tracking URI is unusable (unreachable server, unwritable store)."""
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast, in one line, before a run or a study starts logging to `uri`."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):
+                return
+        except urllib.error.HTTPError:
+            return  # it answered: reachable (authentication is MLflow's business)
+        except OSError as error:
+            reason = getattr(error, "reason", error)
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable: {reason}") from None
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+    elif uri.startswith("file:") or "://" not in uri:
+        folder = Path(uri.removeprefix("file://").removeprefix("file:"))
+        folder = folder if folder.is_dir() else folder.parent
+    else:
+        return  # database URIs are checked when MLflow connects
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise TrackingError(
+            f"MLflow tracking URI {uri}: folder {folder} is missing or not writable"
+        )
+
+
+def quiet_mlflow_logging() -> None:
+    """MLflow and alembic log every schema migration at INFO; keep CLI output readable.
+
+    Must run after `import mlflow`, which installs its own logger levels.
+    """
+    for name in ("mlflow", "alembic", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def make_client(tracking_uri: str | None = None) -> Any:
+    """An MlflowClient for `tracking_uri` (resolved as above)."""
+    from mlflow import MlflowClient
+
+    quiet_mlflow_logging()
+    return MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+
+
+def ensure_experiment(client: Any, name: str) -> str:
+    """The id of experiment `name`, created if needed; safe when several processes race."""
+    from mlflow.exceptions import MlflowException
+
+    for _ in range(5):
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        try:
+            return str(client.create_experiment(name))
+        except MlflowException:
+            # Another coordinator created it between our lookup and create: look again.
+            time.sleep(0.2)
+    raise RuntimeError(f"could not create or find MLflow experiment {name!r}")
+
+
+def config_params(config: TrainConfig) -> dict[str, str]:
+    """The config flattened to MLflow params: data.source, phase2.learning_rate, ..."""
+    flat: dict[str, str] = {}
+    raw = config.to_dict()
+    raw.pop("provenance", None)
+    phases = raw.pop("phases")
+    _flatten(raw, "", flat)
+    for number, phase in enumerate(phases, start=1):
+        _flatten(phase, f"phase{number}.", flat)
+    flat["phases"] = str(len(phases))
+    return flat
+
+
+def _flatten(values: Mapping[str, Any], prefix: str, into: dict[str, str]) -> None:
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            _flatten(value, f"{prefix}{key}.", into)
+        else:
+            into[f"{prefix}{key}"] = "null" if value is None else str(value)
+
+
+def log_params(client: Any, run_id: str, params: Mapping[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(key, str(value)[:6000]) for key, value in params.items()]
+    # MLflow accepts at most 100 params per batch call.
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start : start + 100], synchronous=True)
+
+
+def log_epoch(client: Any, run_id: str, epoch: int, metrics: Mapping[str, float]) -> None:
+    """One epoch's metrics at step = global epoch, so curves line up across phases."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [
+        Metric(key, float(value), now, epoch)
+        for key, value in metrics.items()
+        if key not in _NOT_METRICS
+    ]
+    client.log_batch(run_id, metrics=items, synchronous=True)
+
+
+def log_files(client: Any, run_id: str, paths: list[Path]) -> None:
+    for path in paths:
+        client.log_artifact(run_id, str(path))
