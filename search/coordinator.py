@@ -246,7 +246,9 @@ class Coordinator:
             files=[],
         )
         self._count_outcome(TrialState.FAIL, f"trial {trial.number}: {detail}")
-        self.log(f"trial {trial.number:>3} FAIL     input: {detail}")
+        elapsed = time.monotonic() - self.started_at
+        result = f"input: {detail}"[:120]
+        self.log(finished_line(trial.number, TrialState.FAIL, result, self.study, 0.0, elapsed))
 
     # -- messages from workers ----------------------------------------------------------------
 

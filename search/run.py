@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ import optuna
 from search.coordinator import RunSettings, StudyMismatchError, run_study
 from search.retry import RetryPolicy, StudyStoppedError
 from search.slots import SlotError, detect_gpus, parse_gpus, worker_environments
-from search.storage import DEFAULT_STORAGE, StorageError, check_storage_url
+from search.storage import DEFAULT_STORAGE, StorageError, check_storage_url, redact
 from search.studies import STUDIES, StudySpec, UnknownStudyError, get_study_spec
 from trainers.errors import ModelBuildError, TrainerInputError
 from trainers.image_folder import scan_image_folder
@@ -69,7 +70,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="trials at once (default: one per GPU in --gpus, else 1); without GPUs, CPU workers",
     )
     parallel.add_argument(
-        "--gpus", help="GPU indices, one worker pinned to each, e.g. 0,1 (default: all detected)"
+        "--gpus",
+        help="GPU indices as nvidia-smi numbers them, one worker pinned to each, e.g. 0,1 "
+        "(default: those in $CUDA_VISIBLE_DEVICES if set, else all that nvidia-smi lists)",
     )
     parallel.add_argument(
         "--retries",
@@ -129,8 +132,10 @@ def settings_from(args: argparse.Namespace) -> tuple[str, RunSettings]:
     check_tracking_uri(tracking_uri)
     data_source = args.data or spec.default_data
     preflight(spec, data_source)
-    gpus = parse_gpus(args.gpus) if args.gpus else detect_gpus()
-    environments = worker_environments(args.workers, gpus)
+    gpus, nvidia_smi_numbering = (parse_gpus(args.gpus), True) if args.gpus else detect_gpus()
+    environments = worker_environments(
+        args.workers, gpus, nvidia_smi_numbering=nvidia_smi_numbering
+    )
     if args.heartbeat_interval < 1 or args.grace_period <= args.heartbeat_interval:
         raise UsageError(
             "--grace-period must exceed --heartbeat-interval (>= 1 s), got "
@@ -157,7 +162,9 @@ def settings_from(args: argparse.Namespace) -> tuple[str, RunSettings]:
 
 
 def _resume_command(argv: Sequence[str]) -> str:
-    return " ".join(["python -m search.run", *argv])
+    """The command line to paste, quoted for the shell, with any database password hidden."""
+    shown = [redact(argument) if "://" in argument else argument for argument in argv]
+    return shlex.join(["python", "-m", "search.run", *shown])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

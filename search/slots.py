@@ -9,17 +9,30 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 class SlotError(ValueError):
     """Inconsistent --workers / --gpus."""
 
 
-def detect_gpus() -> list[str]:
-    """GPU indices that nvidia-smi lists, or [] on a machine without NVIDIA GPUs."""
+def detect_gpus(environment: Mapping[str, str] = os.environ) -> tuple[list[str], bool]:
+    """The GPUs workers may use, and whether they are numbered as nvidia-smi numbers them.
+
+    CUDA_VISIBLE_DEVICES, when set, is the user's choice and is kept as written (empty or -1:
+    no GPU, so `CUDA_VISIBLE_DEVICES= python -m search.run --workers 2` gives CPU workers on a
+    GPU machine); otherwise every GPU that nvidia-smi lists, or none.
+    """
+    visible = environment.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus: list[str] = []
+        for entry in (part.strip() for part in visible.split(",")):
+            if not entry or entry.startswith("-"):
+                break  # CUDA ignores everything from the first invalid entry on
+            gpus.append(entry)
+        return gpus, False
     if shutil.which("nvidia-smi") is None:
-        return []
+        return [], True
     try:
         listed = subprocess.run(
             ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
@@ -29,8 +42,8 @@ def detect_gpus() -> list[str]:
             check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in listed.splitlines() if line.strip()]
+        return [], True
+    return [line.strip() for line in listed.splitlines() if line.strip()], True
 
 
 def parse_gpus(text: str) -> list[str]:
@@ -43,9 +56,17 @@ def parse_gpus(text: str) -> list[str]:
 
 
 def worker_environments(
-    workers: int | None, gpus: Sequence[str], cpu_count: int | None = None
+    workers: int | None,
+    gpus: Sequence[str],
+    cpu_count: int | None = None,
+    *,
+    nvidia_smi_numbering: bool = True,
 ) -> tuple[dict[str, str], ...]:
-    """One environment per slot. `workers` None means one per GPU, or one CPU worker."""
+    """One environment per slot. `workers` None means one per GPU, or one CPU worker.
+
+    GPU indices from --gpus or nvidia-smi follow nvidia-smi's PCI bus order, which CUDA only
+    uses when told to (its default puts the fastest GPU first).
+    """
     if gpus:
         count = len(gpus) if workers is None else workers
         if count > len(gpus):
@@ -55,7 +76,8 @@ def worker_environments(
             )
         if count < 1:
             raise SlotError(f"--workers must be at least 1, got {count}")
-        return tuple({"CUDA_VISIBLE_DEVICES": gpu} for gpu in gpus[:count])
+        order = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"} if nvidia_smi_numbering else {}
+        return tuple({"CUDA_VISIBLE_DEVICES": gpu, **order} for gpu in gpus[:count])
     count = 1 if workers is None else workers
     if count < 1:
         raise SlotError(f"--workers must be at least 1, got {count}")

@@ -7,7 +7,9 @@ coordinators on one SQLite file wait on its lock (60 s timeout); several hosts n
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import warnings
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,14 @@ def _check_sqlite_file(url: str, database: str | None) -> None:
         raise StorageError(f"storage {url!r}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise StorageError(f"storage {url!r}: {path} is not writable")
+    if path.exists():
+        try:
+            with contextlib.closing(sqlite3.connect(path)) as connection:
+                connection.execute("PRAGMA schema_version")
+        except sqlite3.DatabaseError as error:
+            raise StorageError(
+                f"storage {url!r}: {path} is not a SQLite database ({error})"
+            ) from None
 
 
 def _connect_args(driver: str) -> dict[str, Any]:

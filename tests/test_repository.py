@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 from tests.conftest import REPO
 
@@ -25,3 +27,16 @@ def test_trainers_never_import_the_search_machinery() -> None:
         if re.search(r"^\s*(import|from)\s+(optuna|search)\b", path.read_text(), re.M)
     ]
     assert offenders == []
+
+
+def test_the_search_coordinator_never_loads_tensorflow() -> None:
+    # The coordinator must hold no GPU memory and start fast: everything it imports, including
+    # the worker module it spawns from, leaves TensorFlow and Keras to the workers.
+    code = (
+        "import sys; import search.run, search.export, search.coordinator, search.worker;"
+        "loaded = [m for m in ('tensorflow', 'keras') if m in sys.modules]; print(loaded)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout

@@ -10,7 +10,7 @@ Imports neither TensorFlow nor Keras: the spaces and the search coordinator use 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -303,7 +303,15 @@ def save_config(config: TrainConfig, path: str | Path) -> Path:
 
 
 def _describe_validation_error(error: ValidationError) -> str:
-    lines = [_describe_one(item) for item in error.errors(include_url=False)]
+    items = error.errors(include_url=False)
+    # A list whose items are all invalid is also reported as too short; the items say why.
+    item_locations = {tuple(item["loc"])[:-1] for item in items if len(item["loc"]) > 1}
+    items = [
+        item
+        for item in items
+        if not (item["type"] == "too_short" and _has_item_errors(item["loc"], item_locations))
+    ]
+    lines = [_describe_one(item) for item in items]
     unique = list(dict.fromkeys(lines))
     if len(unique) == 1:
         return f"invalid config: {unique[0]}"
@@ -321,6 +329,15 @@ def _key_path(location: tuple[int | str, ...]) -> str:
         else:
             path += f".{part}" if path else part
     return path or "<top level>"
+
+
+def _has_item_errors(
+    location: Sequence[int | str], item_locations: set[tuple[int | str, ...]]
+) -> bool:
+    return any(
+        len(other) > len(location) and other[: len(location)] == tuple(location)
+        for other in item_locations
+    )
 
 
 def _describe_one(item: Mapping[str, Any]) -> str:

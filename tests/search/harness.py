@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -41,7 +42,10 @@ class CoordinatorProcess:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            # Its own process group, with its workers: `kill_all` ends both after the test.
+            start_new_session=True,
         )
+        _started.append(self)
 
     def read_until(self, predicate: Callable[[str], bool]) -> str | None:
         """Read lines until one satisfies `predicate` (returned) or the process ends (None)."""
@@ -67,6 +71,20 @@ class CoordinatorProcess:
     @property
     def output(self) -> str:
         return "\n".join(self.lines)
+
+
+_started: list[CoordinatorProcess] = []
+
+
+def kill_all() -> None:
+    """Kill every coordinator a test started, and its workers, whatever the test left."""
+    while _started:
+        coordinator = _started.pop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(coordinator.process.pid, signal.SIGKILL)
+        coordinator.process.wait(timeout=60)
+        if coordinator.process.stdout is not None:
+            coordinator.process.stdout.close()
 
 
 def is_epoch_line(line: str) -> bool:

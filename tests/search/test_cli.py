@@ -118,6 +118,15 @@ def test_bad_storage_is_one_error_line(tmp_path: Path, storage: str, expected: s
     assert "secret" not in line
 
 
+def test_a_storage_file_that_is_not_a_database_is_one_error_line(tmp_path: Path) -> None:
+    (tmp_path / "notes.db").write_text("these are notes, not a study\n" * 100)
+    args = ["--study", "demo", "--storage", "sqlite:///notes.db"]
+    line = _one_error_line(_run("search.run", args, tmp_path))
+    assert "notes.db is not a SQLite database" in line
+    # The file is left as it was.
+    assert (tmp_path / "notes.db").read_text().startswith("these are notes")
+
+
 def test_unreachable_tracking_server_is_one_error_line(tmp_path: Path) -> None:
     args = ["--study", "demo", "--tracking-uri", "http://127.0.0.1:9"]
     line = _one_error_line(_run("search.run", args, tmp_path))

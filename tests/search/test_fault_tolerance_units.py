@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.sharedctypes
+import multiprocessing.synchronize
 import time
 from pathlib import Path
 
@@ -10,10 +12,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.budget import RETRY_OF, StudyLock, budget
+from search.budget import RETRY_OF, StudyLock, budget, is_retried
 from search.faults import Fault, parse_faults
+from search.liveness import Liveness
+from search.outcomes import COORDINATOR, STALE
 from search.retry import RetryPolicy, enqueue_retry
-from search.slots import SlotError, parse_gpus, worker_environments
+from search.slots import SlotError, detect_gpus, parse_gpus, worker_environments
+from search.storage import make_storage
+from search.tracking import StudyTracker
 
 
 def test_retry_policy_retries_infrastructure_failures_only() -> None:
@@ -58,11 +64,11 @@ def test_budget_counts_a_retried_failure_once() -> None:
 
 
 def test_gpus_pin_one_worker_each_and_cpu_workers_share_the_cores() -> None:
-    assert worker_environments(None, ["0", "1"]) == (
-        {"CUDA_VISIBLE_DEVICES": "0"},
-        {"CUDA_VISIBLE_DEVICES": "1"},
-    )
-    assert worker_environments(1, ["2", "3"]) == ({"CUDA_VISIBLE_DEVICES": "2"},)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in worker_environments(None, ["0", "1"])] == [
+        "0",
+        "1",
+    ]
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in worker_environments(1, ["2", "3"])] == ["2"]
     with pytest.raises(SlotError, match="one worker per GPU"):
         worker_environments(3, ["0", "1"])
     cpu = worker_environments(2, [], cpu_count=4)
@@ -70,31 +76,138 @@ def test_gpus_pin_one_worker_each_and_cpu_workers_share_the_cores() -> None:
     assert all(
         env["CUDA_VISIBLE_DEVICES"] == "" and env["TF_NUM_INTRAOP_THREADS"] == "2" for env in cpu
     )
+    # --gpus and nvidia-smi number GPUs in PCI bus order; CUDA must be told to do the same.
+    assert worker_environments(1, ["1"], nvidia_smi_numbering=True)[0]["CUDA_DEVICE_ORDER"] == (
+        "PCI_BUS_ID"
+    )
+    assert "CUDA_DEVICE_ORDER" not in worker_environments(1, ["1"], nvidia_smi_numbering=False)[0]
     assert parse_gpus("0, 1") == ["0", "1"]
     for bad in ("", "a,b", "0,0"):
         with pytest.raises(SlotError):
             parse_gpus(bad)
 
 
-def _hold(url: str, seconds: float, started: multiprocessing.synchronize.Event) -> None:
+def test_cuda_visible_devices_is_the_users_choice_of_gpus() -> None:
+    # Kept as written (UUIDs included); an empty value or -1 means CPU workers.
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": "2,GPU-8a1f"}) == (["2", "GPU-8a1f"], False)
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": ""}) == ([], False)
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": "-1"}) == ([], False)
+    # CUDA ignores everything from the first invalid entry on.
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": "0,-1,1"}) == (["0"], False)
+
+
+def _hold(
+    url: str,
+    seconds: float,
+    started: multiprocessing.synchronize.Event,
+    released_at: multiprocessing.sharedctypes.Synchronized,  # type: ignore[type-arg]
+) -> None:
     with StudyLock(url, "s").held():
         started.set()
         time.sleep(seconds)
+        released_at.value = time.time()
 
 
 def test_study_lock_excludes_other_processes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     context = multiprocessing.get_context("spawn")
     started = context.Event()
-    holder = context.Process(target=_hold, args=(url, 1.5, started))
+    released_at = context.Value("d", 0.0)
+    holder = context.Process(target=_hold, args=(url, 1.0, started, released_at))
     holder.start()
-    assert started.wait(30)
-    began = time.monotonic()
+    assert started.wait(60)
     with StudyLock(url, "s").held():
-        waited = time.monotonic() - began
+        acquired_at = time.time()
     holder.join()
-    # We got the lock only once the other process let go of it.
-    assert waited > 0.5
+    # We got the lock only once the other process had let go of it.
+    assert released_at.value > 0 and acquired_at >= released_at.value
+
+
+def _sqlite_study(tmp_path: Path) -> tuple[optuna.Study, optuna.storages.RDBStorage, StudyLock]:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = make_storage(url, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    return study, storage, StudyLock(url, "s")
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    return trial
+
+
+def test_a_sweep_fails_dead_peers_trials_but_never_its_own(tmp_path: Path) -> None:
+    study, storage, lock = _sqlite_study(tmp_path)
+    stale: list[int] = []
+    liveness = Liveness(
+        storage,
+        lock,
+        heartbeat_interval=1,
+        grace_period=1,
+        on_stale=lambda _, trial: stale.append(trial.number),
+        needs_rerun=lambda trial: trial.number not in stale,
+    )
+    peer = _ask(study)
+    storage.record_heartbeat(peer._trial_id)
+    peer.set_user_attr(COORDINATOR, "peer-host:1")
+    ours = _ask(study)
+    liveness.claim(ours, "this-host:2")
+    unclaimed = _ask(study)  # its coordinator died inside ask(): no heartbeat, no claim
+    liveness.close()  # our heartbeats stop too, as on a machine too loaded to send them
+    time.sleep(2.5)
+    liveness.sweep(study)
+    states = {trial.number: trial.state for trial in study.get_trials()}
+    # The peer's and the unclaimed trial are dead; ours is watched through its worker instead.
+    assert states == {
+        peer.number: TrialState.FAIL,
+        ours.number: TrialState.RUNNING,
+        unclaimed.number: TrialState.FAIL,
+    }
+    assert sorted(stale) == [peer.number, unclaimed.number]
+
+
+def test_a_sweep_requeues_a_stale_failure_whose_sweeper_died(tmp_path: Path) -> None:
+    study, storage, lock = _sqlite_study(tmp_path)
+    orphan = _ask(study)
+    # A sweeper failed it, then was killed before it could queue the re-run.
+    storage.set_trial_state_values(orphan._trial_id, TrialState.FAIL)
+
+    def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        enqueue_retry(study, number=trial.number, params=trial.params, user_attrs={}, reason=STALE)
+
+    liveness = Liveness(
+        storage,
+        lock,
+        heartbeat_interval=1,
+        grace_period=1,
+        on_stale=requeue,
+        needs_rerun=lambda trial: not is_retried(study, trial.number),
+    )
+    liveness.close()
+    for _ in range(2):
+        liveness.last_sweep = 0.0  # sweep now, not once per heartbeat interval
+        liveness.sweep(study)
+    # Re-queued once, with the same parameters, and not again by the second sweep.
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs[RETRY_OF] == orphan.number
+    assert _ask(study).params == orphan.params
+
+
+def test_a_dead_trial_gets_exactly_one_closed_mlflow_run(tmp_path: Path) -> None:
+    tracker = StudyTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "s", storage="test")
+    running = tracker.start_trial(1, {"head_lr": 0.01}, config=None)
+    # Trial 1's coordinator died mid-training; trial 2's died before it created the run.
+    tracker.close_dead_trial_run(1, {"head_lr": 0.01}, STALE)
+    tracker.close_dead_trial_run(2, {"head_lr": 0.02}, STALE)
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id], "tags.`finetune_search.role` = 'trial'"
+    )
+    by_trial = {run.data.tags["optuna.trial_number"]: run for run in runs}
+    assert sorted(by_trial) == ["1", "2"] and len(runs) == 2
+    assert by_trial["1"].info.run_id == running
+    for run in runs:
+        assert run.info.status == "FAILED" and run.data.tags["fail_reason"] == STALE
+    assert by_trial["2"].data.params["head_lr"] == "0.02"
 
 
 def test_fault_plans_parse_and_reject_typos() -> None:

@@ -65,7 +65,10 @@ def databases() -> Iterator[tuple[str, str]]:
                     ),
                     {"n": name},
                 )
-                connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
+                # FORCE: a coordinator's connection that comes back late cannot block it.
+                connection.execute(
+                    sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                )
         admin.dispose()
 
 
@@ -162,9 +165,10 @@ def test_three_coordinators_share_one_postgresql_study(
     assert codes == [0, 0, 0], [c.output[-2000:] for c in coordinators]
     final = snapshot("smoke", storage, mlflow_server, TARGET)
     check_final_invariants(final, TARGET)
-    # Exactly the target, no more: the coordinators never over-asked between them.
-    assert len(final.states) == TARGET
-    # Every coordinator did part of the work.
+    # Exactly the target, no more: the coordinators never over-asked between them. (A trial
+    # lost to the machine, e.g. an OOM kill, is re-run under a new number and not counted.)
+    assert len(final.states) == TARGET + len(final.retried())
+    # Every coordinator did part of the work, and each trial ran once.
     started = [sum(" started (slot " in line for line in c.lines) for c in coordinators]
-    assert all(count >= 1 for count in started) and sum(started) == TARGET
+    assert all(count >= 1 for count in started) and sum(started) == len(final.states)
     assert not any("database is locked" in c.output for c in coordinators)

@@ -80,6 +80,14 @@ def test_sampled_configs_respect_bounds_and_conditionals(module: Any) -> None:
         assert space.head_lr[0] <= head.learning_rate <= space.head_lr[1]
         assert head.unfreeze_blocks == 0 and head.epochs in space.head_epochs
         assert config.batch_size in space.batch_sizes
+        assert space.head_dropout[0] <= config.model.head_dropout <= space.head_dropout[1]
+        # Ranges a space leaves out are fixed at the config default, not sampled.
+        _check_optional_range(space.weight_decay, "weight_decay", head.weight_decay, params)
+        _check_optional_range(
+            space.drop_connect_rate, "drop_connect_rate", config.model.drop_connect_rate, params
+        )
+        assert config.label_smoothing in space.label_smoothing
+        assert config.data.augmentation in space.augmentations
         level = params["unfreeze_blocks"]
         seen_unfreeze.add(level)
         blocks = space.unfreeze_levels[level]
@@ -99,18 +107,50 @@ def test_sampled_configs_respect_bounds_and_conditionals(module: Any) -> None:
             # Only the chosen optimizer's rate is sampled.
             other = "ft_lr_adamw" if phase.optimizer == "sgd" else "ft_lr_sgd"
             assert other not in params
+            assert phase.warmup_fraction in space.warmup_fractions
+            assert ("warmup_frac" in params) == (len(space.warmup_fractions) > 1)
+            assert phase.weight_decay == head.weight_decay
+            if space.l2sp_alpha is None:
+                assert "use_l2sp" not in params and config.l2sp_alpha == 0.0
+            elif params["use_l2sp"]:
+                assert space.l2sp_alpha[0] <= config.l2sp_alpha <= space.l2sp_alpha[1]
+            else:
+                # The strength is sampled only when L2-SP is on.
+                assert "l2sp_alpha" not in params and config.l2sp_alpha == 0.0
         study.tell(trial, 0.5)
     assert seen_unfreeze == set(range(len(space.unfreeze_levels)))
 
 
-def test_spaces_work_under_tpe_with_conditionals() -> None:
+def _check_optional_range(
+    bounds: tuple[float, float] | None, name: str, value: float, params: dict[str, Any]
+) -> None:
+    if bounds is None:
+        assert name not in params
+    else:
+        assert bounds[0] <= value <= bounds[1]
+
+
+@pytest.mark.parametrize("module", [effnet_b4, demo], ids=lambda m: m.__name__)
+def test_spaces_work_under_tpe_with_conditionals(module: Any) -> None:
+    # The sampler the studies use: multivariate, grouped TPE, which sees the conditional
+    # parameters as separate groups.
     sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=5, multivariate=True, group=True)
     study = optuna.create_study(direction="maximize", sampler=sampler)
-    for _ in range(15):
+    fine_tuned = 0
+    for _ in range(25):
         trial = study.ask()
-        config = demo.space(trial, demo.DEFAULT_DATA)
-        study.tell(trial, float(len(config.phases)))
-    assert len(study.trials) == 15
+        config = module.space(trial, module.DEFAULT_DATA)
+        unfrozen = config.phases[-1].unfreeze_blocks
+        # Fine-tune parameters exist exactly when blocks are unfrozen, under TPE's own draws.
+        assert ("ft_optimizer" in trial.params) == (unfrozen > 0)
+        assert ("freeze_bn" in trial.params) == (unfrozen > 0)
+        assert len(config.phases) == (2 if unfrozen else 1)
+        fine_tuned += unfrozen > 0
+        # A deterministic objective that favours fine-tuning, so TPE has something to learn.
+        study.tell(trial, float(unfrozen > 0) + config.phases[0].learning_rate)
+    assert 0 < fine_tuned < 25
+    completed = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(completed) == 25
 
 
 def test_spaces_import_no_keras_and_are_pure() -> None:

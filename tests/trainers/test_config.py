@@ -87,6 +87,17 @@ def test_wrong_choice_lists_the_allowed_values() -> None:
     assert "'adam', 'adamw' or 'sgd'" in message
 
 
+def test_a_bad_only_phase_is_one_problem_not_two() -> None:
+    raw = small_config_dict()
+    raw["phases"] = [{"epochs": 2, "learning_rate": 1e-3, "optimizer": "adamx"}]
+    # The phase's own mistake is the problem; pydantic's "tuple too short" is noise.
+    assert _error_for(raw) == (
+        "invalid config: phases[0].optimizer: got 'adamx'; allowed: 'adam', 'adamw' or 'sgd'"
+    )
+    raw["phases"] = []
+    assert "phases: Tuple should have at least 1 item" in _error_for(raw)
+
+
 def test_out_of_range_names_the_key_and_the_range() -> None:
     raw = small_config_dict()
     raw["phases"][0]["learning_rate"] = -0.1
