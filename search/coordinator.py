@@ -326,14 +326,16 @@ class Coordinator:
             tags, metrics, result = self._tell(active, verdict)
         except optuna.exceptions.UpdateFinishedTrialError:
             # A peer failed the trial as stale (this coordinator looked dead for a while) and
-            # queued its re-run: this copy is dropped, never told twice.
-            self.tracker.finish_trial(
-                active.run_id,
-                state="FAIL",
-                tags={"fail_reason": TAKEN_OVER},
-                metrics={},
-                files=files,
-            )
+            # queued its re-run: this copy is dropped, never told twice. The peer closes the
+            # same run, under the lock.
+            with self.lock.held():
+                self.tracker.finish_trial(
+                    active.run_id,
+                    state="FAIL",
+                    tags={"fail_reason": TAKEN_OVER},
+                    metrics={},
+                    files=files,
+                )
             self.log(f"trial {trial.number:>3} dropped: another coordinator took it over")
             return
         self.tracker.finish_trial(
@@ -501,7 +503,19 @@ class Coordinator:
         finished = {
             t.number: t.state.name for t in self.study.get_trials() if t.state.is_finished()
         }
-        self.tracker.close_orphaned_runs(finished)
+        try:
+            # Under the lock, as every write several coordinators may make to the same run:
+            # MLflow's SQL store rejects two concurrent first writes of one tag.
+            with self.lock.held():
+                self.tracker.close_orphaned_runs(finished)
+            self._run_trials()
+            return self._finish(status="FINISHED")
+        finally:
+            self.lock.close()
+
+    def _run_trials(self) -> None:
+        """Start, watch and finish trials until the budget is used; on Ctrl-C or a failure
+        streak, stop the running trials so that the stores stay consistent."""
         previous_handlers = self._catch_stop_signals()
         try:
             while True:
@@ -537,9 +551,7 @@ class Coordinator:
             raise
         finally:
             self.liveness.close()
-            self.lock.close()
             self._restore_signals(previous_handlers)
-        return self._finish(status="FINISHED")
 
     def _catch_stop_signals(self) -> dict[int, Any]:
         """Ctrl-C and SIGTERM stop the study at the next safe point, not inside a DB write."""
@@ -591,15 +603,16 @@ class Coordinator:
             self._finalize(active)
 
     def _finish(self, *, status: str) -> StudySummary:
-        return finish_study(
-            self.study,
-            used=budget(self.study, self.settings.n_trials).used,
-            target=self.settings.n_trials,
-            tracker=self.tracker,
-            plots_folder=self.settings.output_dir / "study",
-            status=status,
-            log=self.log,
-        )
+        with self.lock.held():  # the parent run is shared by every coordinator of the study
+            return finish_study(
+                self.study,
+                used=budget(self.study, self.settings.n_trials).used,
+                target=self.settings.n_trials,
+                tracker=self.tracker,
+                plots_folder=self.settings.output_dir / "study",
+                status=status,
+                log=self.log,
+            )
 
 
 def run_study(spec: StudySpec, settings: RunSettings, *, log: Log = _print) -> StudySummary:

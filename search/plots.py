@@ -55,7 +55,8 @@ def plot_outcomes(study: optuna.Study, path: Path) -> Path:
     counts.pop("RUNNING", None)
     counts.pop("WAITING", None)
     labels = sorted(counts)
-    figure, axis = plt.subplots(figsize=(7, 0.5 + 0.45 * max(1, len(labels))))  # type: ignore[attr-defined]
+    height = 1.5 + 0.45 * len(labels)  # room for the title and axis label with one bar
+    figure, axis = plt.subplots(figsize=(7, height))  # type: ignore[attr-defined]
     axis.barh(labels, [counts[label] for label in labels], color="tab:blue")
     axis.set_xlabel("trials")
     axis.set_title(f"{study.study_name}: trial outcomes")

@@ -10,6 +10,7 @@ it up by tag (under the study lock), and the earliest one wins if two were ever 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +37,9 @@ class StudyTracker:
     """Talks to MLflow for one study; all methods are called by the coordinator only."""
 
     def __init__(self, tracking_uri: str, study_name: str, *, storage: str) -> None:
+        # With a tracking server, MLflow prints a link for every run it closes; the runner's
+        # output is one line per epoch and trial, and the README says where to look.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client = make_client(tracking_uri)
         self.tracking_uri = tracking_uri
         self.study_name = study_name
