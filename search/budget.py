@@ -71,6 +71,11 @@ class StudyLock:
         elif url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
             self.lock_file = Path(f"{url.database}.{study_name}.lock")
 
+    @property
+    def exclusive(self) -> bool:
+        """Whether `held` really excludes other coordinators (PostgreSQL, SQLite file)."""
+        return self.engine is not None or self.lock_file is not None
+
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         if self.engine is not None:

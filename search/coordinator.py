@@ -315,27 +315,32 @@ class Coordinator:
         active.process.join(timeout=30)
         active.connection.close()
         trial = active.trial
-        self.liveness.release(trial)
         del self.active[trial.number]
         history = active.history
-        files = self._trial_files(active, history)
         verdict = judge(active, self.spec.objective)
         try:
-            if active.taken_over or self._frozen(trial) is None:
-                raise optuna.exceptions.UpdateFinishedTrialError(TAKEN_OVER)
-            tags, metrics, result = self._tell(active, verdict)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            # A peer failed the trial as stale (this coordinator looked dead for a while) and
-            # queued its re-run: this copy is dropped, never told twice. The peer closes the
-            # same run, under the lock.
+            # The trial keeps its heartbeat until it is told, so that no peer takes it for dead
+            # while its files are written.
+            files = self._trial_files(active, history)
+            # Under the lock, which every stale sweep holds: a trial still RUNNING here cannot
+            # be failed by a peer before it is told, nor its run closed twice at once.
             with self.lock.held():
-                self.tracker.finish_trial(
-                    active.run_id,
-                    state="FAIL",
-                    tags={"fail_reason": TAKEN_OVER},
-                    metrics={},
-                    files=files,
-                )
+                taken_over = active.taken_over or self._frozen(trial) is None
+                if taken_over:
+                    # A peer failed it as stale (we looked dead for a while) and queued its
+                    # re-run: this copy is dropped, never told twice.
+                    self.tracker.finish_trial(
+                        active.run_id,
+                        state="FAIL",
+                        tags={"fail_reason": TAKEN_OVER},
+                        metrics={},
+                        files=files,
+                    )
+                else:
+                    tags, metrics, result = self._tell(active, verdict)
+        finally:
+            self.liveness.release(trial)
+        if taken_over:
             self.log(f"trial {trial.number:>3} dropped: another coordinator took it over")
             return
         self.tracker.finish_trial(
@@ -363,12 +368,12 @@ class Coordinator:
         if verdict.state == TrialState.COMPLETE:
             assert verdict.value is not None
             trial.set_user_attr(BEST_EPOCH, history.best_epoch)
-            self._tell_once(trial, TrialState.COMPLETE, verdict.value)
+            self.study.tell(trial, verdict.value)
             metrics = {"objective": verdict.value, "best_epoch": float(history.best_epoch or 0)}
             return {}, metrics, f"{verdict.value:.4f} (epoch {history.best_epoch})"
         if verdict.state == TrialState.PRUNED:
             trial.set_user_attr(PRUNE_REASON, verdict.reason)
-            self._tell_once(trial, TrialState.PRUNED)
+            self.study.tell(trial, state=TrialState.PRUNED)
             tags = {"prune_reason": verdict.reason}
             return tags, {}, f"{verdict.reason} at epoch {len(history)}"
         trial.set_user_attr(FAIL_REASON, verdict.reason)
@@ -376,18 +381,10 @@ class Coordinator:
         retried = self._retry_if_allowed(
             trial.number, trial.params, trial.user_attrs, verdict.reason
         )
-        self._tell_once(trial, TrialState.FAIL)
+        self.study.tell(trial, state=TrialState.FAIL)
         tags = {"fail_reason": verdict.reason, "fail_detail": verdict.detail}
         tags["retried"] = str(retried)
         return tags, {}, f"{verdict.reason}: {verdict.detail}"[:120]
-
-    def _tell_once(
-        self, trial: optuna.Trial, state: TrialState, value: float | None = None
-    ) -> None:
-        """`study.tell`, raising UpdateFinishedTrialError if a peer failed the trial first."""
-        told = self.study.tell(trial, value, state=state, skip_if_finished=True)
-        if told.state != state:
-            raise optuna.exceptions.UpdateFinishedTrialError(TAKEN_OVER)
 
     def _retry_if_allowed(
         self, number: int, params: dict[str, Any], user_attrs: dict[str, Any], reason: str
@@ -511,6 +508,7 @@ class Coordinator:
             self._run_trials()
             return self._finish(status="FINISHED")
         finally:
+            self.liveness.close()
             self.lock.close()
 
     def _run_trials(self) -> None:
@@ -520,6 +518,7 @@ class Coordinator:
         try:
             while True:
                 if self.stop_requested:
+                    self.log("stopping: marking running trials (Ctrl-C again to force)")
                     raise KeyboardInterrupt
                 self.liveness.sweep(self.study)
                 self._check_failures()
@@ -550,7 +549,6 @@ class Coordinator:
                 self._finish(status="FAILED")
             raise
         finally:
-            self.liveness.close()
             self._restore_signals(previous_handlers)
 
     def _catch_stop_signals(self) -> dict[int, Any]:
@@ -559,8 +557,9 @@ class Coordinator:
         def request_stop(signum: int, frame: Any) -> None:
             if self.stop_requested:  # a second Ctrl-C: stop now
                 raise KeyboardInterrupt
+            # Only a flag: printing here could land inside a print of the main thread, which
+            # Python refuses (reentrant call); the main loop says it is stopping.
             self.stop_requested = True
-            self.log("stopping: marking running trials (Ctrl-C again to force)")
 
         previous: dict[int, Any] = {}
         for signum in (signal.SIGINT, signal.SIGTERM):

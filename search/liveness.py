@@ -6,8 +6,8 @@ never looks dead. The main loop sweeps the study, under the study lock, for RUNN
 *other* coordinators whose heartbeat is older than `grace_period`, fails them and hands each to
 `on_stale`, which queues the re-run. A coordinator killed inside `study.ask()`, after Optuna
 created the trial and before its first heartbeat, leaves a trial with no heartbeat at all; those
-lack the `coordinator` attribute and are failed too once older than the grace period. Every
-`ask` + claim holds the same lock, so a sweep never catches a live coordinator between the two,
+lack the `coordinator` attribute and are failed too. Every `ask` + claim holds the same lock,
+so a sweep never catches a live coordinator between the two,
 and a sweeper killed between failing a trial and queueing its re-run is made good by the next
 sweep (`on_stale` is called again for stale failures that have no re-run yet).
 
@@ -119,9 +119,14 @@ class Liveness:
         # Optuna's own staleness query (what `optuna.storages.fail_stale_trials` uses); we need
         # the ids before anything is failed, to leave our own trials alone.
         dead = set(self.storage._get_stale_trial_ids(study._study_id))
+        # Every ask + claim holds the lock we hold, so an unclaimed RUNNING trial is dead now.
+        # Without a real lock, wait out the grace period (by this host's clock: Optuna stores
+        # the asking host's local time, so hosts must agree on it).
         cutoff = datetime.datetime.now() - datetime.timedelta(seconds=self.grace_period)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if COORDINATOR in trial.user_attrs:
+                continue
             started = trial.datetime_start
-            if COORDINATOR not in trial.user_attrs and started is not None and started < cutoff:
+            if self.lock.exclusive or (started is not None and started < cutoff):
                 dead.add(trial._trial_id)
         return dead - ours

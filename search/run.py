@@ -163,8 +163,17 @@ def settings_from(args: argparse.Namespace) -> tuple[str, RunSettings]:
 
 def _resume_command(argv: Sequence[str]) -> str:
     """The command line to paste, quoted for the shell, with any database password hidden."""
-    shown = [redact(argument) if "://" in argument else argument for argument in argv]
+    shown = [_hide_password(argument) for argument in argv]
     return shlex.join(["python", "-m", "search.run", *shown])
+
+
+def _hide_password(argument: str) -> str:
+    if "://" not in argument:
+        return argument
+    option, equals, value = argument.partition("=")
+    if equals and option.startswith("--") and "://" not in option:
+        return f"{option}={redact(value)}"  # --storage=postgresql://...
+    return redact(argument)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

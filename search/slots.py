@@ -29,7 +29,8 @@ def detect_gpus(environment: Mapping[str, str] = os.environ) -> tuple[list[str],
         for entry in (part.strip() for part in visible.split(",")):
             if not entry or entry.startswith("-"):
                 break  # CUDA ignores everything from the first invalid entry on
-            gpus.append(entry)
+            if entry not in gpus:  # one worker per GPU, however often it is listed
+                gpus.append(entry)
         return gpus, False
     if shutil.which("nvidia-smi") is None:
         return [], True

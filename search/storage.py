@@ -79,6 +79,8 @@ def _check_sqlite_file(url: str, database: str | None) -> None:
         try:
             with contextlib.closing(sqlite3.connect(path)) as connection:
                 connection.execute("PRAGMA schema_version")
+        except sqlite3.OperationalError:
+            pass  # locked by a running coordinator, say: Optuna waits for it when it opens
         except sqlite3.DatabaseError as error:
             raise StorageError(
                 f"storage {url!r}: {path} is not a SQLite database ({error})"

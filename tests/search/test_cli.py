@@ -127,6 +127,19 @@ def test_a_storage_file_that_is_not_a_database_is_one_error_line(tmp_path: Path)
     assert (tmp_path / "notes.db").read_text().startswith("these are notes")
 
 
+def test_the_resume_command_is_quoted_for_the_shell_and_hides_passwords() -> None:
+    from search.run import _resume_command
+
+    command = _resume_command(
+        ["--study", "demo", "--data", "my dogs", "--storage=postgresql://me:secret@db/optuna"]
+    )
+    assert command == (
+        "python -m search.run --study demo --data 'my dogs' '--storage=postgresql://me:***@db/optuna'"
+    )
+    separate = _resume_command(["--storage", "postgresql://me:secret@db/optuna"])
+    assert "secret" not in separate and "postgresql://me:***@db/optuna" in separate
+
+
 def test_unreachable_tracking_server_is_one_error_line(tmp_path: Path) -> None:
     args = ["--study", "demo", "--tracking-uri", "http://127.0.0.1:9"]
     line = _one_error_line(_run("search.run", args, tmp_path))

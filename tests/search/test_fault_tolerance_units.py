@@ -94,6 +94,8 @@ def test_cuda_visible_devices_is_the_users_choice_of_gpus() -> None:
     assert detect_gpus({"CUDA_VISIBLE_DEVICES": "-1"}) == ([], False)
     # CUDA ignores everything from the first invalid entry on.
     assert detect_gpus({"CUDA_VISIBLE_DEVICES": "0,-1,1"}) == (["0"], False)
+    # One worker per GPU, however often it is listed.
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": "1,1,0"}) == (["1", "0"], False)
 
 
 def _hold(

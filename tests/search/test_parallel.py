@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def test_two_cpu_workers_share_one_sqlite_study(tmp_path: Path) -> None:
     (tmp_path / "weights").symlink_to(REPO / "weights")
     coordinator = CoordinatorProcess(
-        ["--study", "smoke", "--n-trials", "4", "--workers", "2"], tmp_path
+        ["--study", "smoke", "--n-trials", "3", "--workers", "2"], tmp_path
     )
     assert coordinator.finish() == 0, coordinator.output[-3000:]
     lines = coordinator.lines
@@ -34,7 +34,7 @@ def test_two_cpu_workers_share_one_sqlite_study(tmp_path: Path) -> None:
         "smoke",
         "sqlite:///" + str(tmp_path / "optuna.db"),
         f"sqlite:///{tmp_path / 'mlflow.db'}",
-        4,
+        3,
     )
-    check_final_invariants(final, 4)
-    assert len(final.states) == 4
+    check_final_invariants(final, 3)
+    assert len(final.states) == 3
