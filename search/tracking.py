@@ -154,6 +154,6 @@ class StudyTracker:
         if not runs:
             run_ids = [self.start_trial(trial_number, params, config=None)]
         for run_id in run_ids:
-            self.client.set_tag(run_id, STATE_TAG, "FAIL")
-            self.client.set_tag(run_id, "fail_reason", reason)
-            self.client.set_terminated(run_id, status="FAILED")
+            self.finish_trial(
+                run_id, state="FAIL", tags={"fail_reason": reason}, metrics={}, files=[]
+            )

@@ -305,13 +305,11 @@ def save_config(config: TrainConfig, path: str | Path) -> Path:
 def _describe_validation_error(error: ValidationError) -> str:
     items = error.errors(include_url=False)
     # A list whose items are all invalid is also reported as too short; the items say why.
-    item_locations = {tuple(item["loc"])[:-1] for item in items if len(item["loc"]) > 1}
-    items = [
-        item
+    lines = [
+        _describe_one(item)
         for item in items
-        if not (item["type"] == "too_short" and _has_item_errors(item["loc"], item_locations))
+        if not (item["type"] == "too_short" and _has_errors_inside(item["loc"], items))
     ]
-    lines = [_describe_one(item) for item in items]
     unique = list(dict.fromkeys(lines))
     if len(unique) == 1:
         return f"invalid config: {unique[0]}"
@@ -331,12 +329,11 @@ def _key_path(location: tuple[int | str, ...]) -> str:
     return path or "<top level>"
 
 
-def _has_item_errors(
-    location: Sequence[int | str], item_locations: set[tuple[int | str, ...]]
-) -> bool:
+def _has_errors_inside(location: Sequence[int | str], items: Sequence[Any]) -> bool:
+    """Whether another error is about something inside `location` (a list's item, say)."""
+    depth = len(location)
     return any(
-        len(other) > len(location) and other[: len(location)] == tuple(location)
-        for other in item_locations
+        len(item["loc"]) > depth and tuple(item["loc"][:depth]) == tuple(location) for item in items
     )
 
 
