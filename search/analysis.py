@@ -1,18 +1,30 @@
 """Tables of a finished study for notebooks: one row per trial, outcome and parameters.
 
 The notebooks in `notebooks/` call these and hold no logic of their own.
+
+`unfreeze_level` is the sampled step on a space's unfreeze ladder; `unfrozen_units` is what that
+step meant, the whole backbone units the trial's recorded config unfroze (on effnet_b4 level 8
+is 23 units). Studies created before the sampled parameter was renamed from `unfreeze_blocks`
+show that column as `unfreeze_level` too, so they still analyse.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 from optuna import Study
+from optuna.trial import FrozenTrial
 
-from search.outcomes import BEST_EPOCH, outcome_label
+from search.outcomes import BEST_EPOCH, CONFIG_YAML, outcome_label
+from trainers.config import TrainConfig
+from trainers.errors import ConfigError
+
+#: Sampled parameters that were renamed, old name -> current name.
+RENAMED_PARAMS = {"unfreeze_blocks": "unfreeze_level"}
 
 
 def trials_frame(study: Study) -> pd.DataFrame:
-    """number, outcome, value, best_epoch, minutes, then every sampled parameter."""
+    """number, outcome, value, best_epoch, epochs_run, minutes, unfrozen_units, then every
+    sampled parameter (under its current name)."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
         duration = trial.duration.total_seconds() / 60 if trial.duration else None
@@ -24,15 +36,33 @@ def trials_frame(study: Study) -> pd.DataFrame:
                 "best_epoch": trial.user_attrs.get(BEST_EPOCH),
                 "epochs_run": len(trial.intermediate_values),
                 "minutes": duration,
-                **trial.params,
+                "unfrozen_units": unfrozen_units(trial),
+                **{RENAMED_PARAMS.get(name, name): value for name, value in trial.params.items()},
             }
         )
-    return pd.DataFrame(rows).set_index("number") if rows else pd.DataFrame()
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows).set_index("number")
+    # A whole count, missing (<NA>) where a trial has no recorded config.
+    frame["unfrozen_units"] = frame["unfrozen_units"].astype("Int64")
+    return frame
+
+
+def unfrozen_units(trial: FrozenTrial) -> int | None:
+    """Whole units the trial's recorded config unfreezes; None without a readable config."""
+    text = trial.user_attrs.get(CONFIG_YAML)
+    if text is None:
+        return None
+    try:
+        return TrainConfig.from_yaml(text, origin=f"trial {trial.number}").unfrozen_units
+    except ConfigError:
+        # A config this version can no longer read: leave the cell empty, keep the table.
+        return None
 
 
 def strategy_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Best and median value of completed trials per fine-tuning strategy (the scientific
-    parameters: how many blocks, BatchNorm frozen or not)."""
+    parameters): the ladder step, the whole units it unfroze, BatchNorm frozen or not."""
     completed = frame[frame["outcome"] == "COMPLETE"].copy()
     if completed.empty:
         return pd.DataFrame()
@@ -41,7 +71,8 @@ def strategy_table(frame: pd.DataFrame) -> pd.DataFrame:
     completed["freeze_bn"] = (
         completed["freeze_bn"]
         .astype("object")
-        .where(completed["unfreeze_blocks"] > 0, "n/a (frozen)")
+        .where(completed["unfreeze_level"] > 0, "n/a (frozen)")
     )
-    grouped = completed.groupby(["unfreeze_blocks", "freeze_bn"], dropna=False)["value"]
+    keys = ["unfreeze_level", "unfrozen_units", "freeze_bn"]
+    grouped = completed.groupby(keys, dropna=False)["value"]
     return grouped.agg(["count", "max", "median"]).sort_values("max", ascending=False)

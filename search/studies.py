@@ -78,13 +78,14 @@ class StudySpec:
 
 #: The seed guide's known-good recipe (DESIGN.md): frozen phase at Adam 1e-3, then the top
 #: blocks at 1e-5 with BatchNorm frozen, batch 16. The guide's "top 20 layers" is 2 whole
-#: units on B4 (top + block7b); its Adam becomes adamw at the smallest decay in the space.
+#: units on B4 (top + block7b), step 2 of its unfreeze ladder; its Adam becomes adamw at the
+#: smallest decay in the space. `unfreeze_level` values below are ladder steps, not unit counts.
 EFFNET_B4_RECIPE = EnqueuedTrial(
     "seed_guide_recipe",
     {
         "head_lr": 1e-3,
         "head_epochs": 8,
-        "unfreeze_blocks": 2,
+        "unfreeze_level": 2,
         "batch_size": 16,
         "weight_decay": 1e-6,
         "head_dropout": 0.2,
@@ -105,7 +106,7 @@ DEMO_RECIPE = EnqueuedTrial(
     {
         "head_lr": 3e-3,
         "head_epochs": 2,
-        "unfreeze_blocks": 4,
+        "unfreeze_level": 4,
         "batch_size": 16,
         "head_dropout": 0.2,
         "ft_optimizer": "adamw",
@@ -123,7 +124,7 @@ DEMO_BATCHNORM_UNFROZEN = EnqueuedTrial(
     {
         "head_lr": 3e-3,
         "head_epochs": 2,
-        "unfreeze_blocks": 6,
+        "unfreeze_level": 6,
         "batch_size": 32,
         "head_dropout": 0.2,
         "ft_optimizer": "adamw",

@@ -8,7 +8,8 @@ on `synthetic:source` by `python -m trainers.pretrain`; the study fine-tunes it 
 the seed guide show up in minutes: BatchNorm unfrozen at a high rate destroys the pretrained
 features (pruned as `unfreeze_shock`), while a few top blocks at a low rate beat the head alone.
 
-Scientific: unfreeze_blocks (0..6 of 13: top, expanded_conv_10, ...), freeze_bn, ft_optimizer.
+Scientific: unfreeze_level (0..6, each step one more of the 13 units: top, expanded_conv_10,
+  ...), freeze_bn, ft_optimizer.
 Nuisance: head_lr (1e-3..3e-2, log), head_epochs {2, 3}, ft_lr_adamw (1e-5..3e-2) / ft_lr_sgd
   (1e-4..1e-1), ft_epochs {2, 3}, warmup_frac {0, 0.2}, batch_size {16, 32}, head_dropout
   (0..0.5).
@@ -30,7 +31,7 @@ SPACE = FineTuneSpace(
     weights=PRETRAINED_WEIGHTS,
     head_lr=(1e-3, 3e-2),
     head_epochs=(2, 3),
-    unfreeze_levels=(0, 1, 2, 3, 4, 5, 6),
+    unfreeze_ladder=(0, 1, 2, 3, 4, 5, 6),
     ft_lr_adamw=(1e-5, 3e-2),
     ft_lr_sgd=(1e-4, 1e-1),
     ft_epochs=(2, 3),

@@ -3,9 +3,9 @@
     python -m search.run --study effnet_b0 --data data/stanford_dogs/train   # or tfds:stanford_dogs
 
 Useful to explore a dataset quickly before spending B4 time, or on a smaller GPU.
-Scientific: unfreeze_blocks (ordinal 0..8: linear probe, top, stage 7, + block6d, + block6c,
-  then all of stage 6, 5, 4, 3), freeze_bn,
-  ft_optimizer, use_l2sp / l2sp_alpha.
+Scientific: unfreeze_level (ordinal 0..8 on the unfreeze ladder: linear probe, top, stage 7,
+  + block6d, + block6c, then all of stage 6, 5, 4, 3; that is 0, 1, 2, 3, 4, 6, 9, 12, 14 whole
+  units, the config's unfreeze_blocks), freeze_bn, ft_optimizer, use_l2sp / l2sp_alpha.
 Nuisance: head_lr (1e-4..3e-2, log), head_epochs {3, 5, 8}, ft_lr_adamw (1e-6..1e-3) /
   ft_lr_sgd (1e-4..3e-2), ft_epochs {5, 10, 20}, warmup_frac {0, 0.05, 0.2}, batch_size
   {32, 64, 128}, weight_decay (1e-6..1e-2), head_dropout (0..0.5), drop_connect_rate (0..0.4),
@@ -31,7 +31,7 @@ SPACE: FineTuneSpace = replace(
     backbone="EfficientNetB0",
     image_size=224,
     batch_sizes=(32, 64, 128),
-    unfreeze_levels=(0, 1, 2, 3, 4, 6, 9, 12, 14),
+    unfreeze_ladder=(0, 1, 2, 3, 4, 6, 9, 12, 14),
 )
 
 

@@ -2,9 +2,10 @@
 
     python -m search.run --study effnet_b4 --data data/stanford_dogs/train   # or tfds:stanford_dogs
 
-Scientific (what the study is for): unfreeze_blocks (ordinal 0..8: linear probe, top, + block7b,
-  all of stage 7, + block6h, + block6g, then all of stage 6, 5, 4; whole blocks only),
-  freeze_bn, ft_optimizer, use_l2sp / l2sp_alpha.
+Scientific (what the study is for): unfreeze_level (ordinal 0..8 on the unfreeze ladder: linear
+  probe, top, + block7b, all of stage 7, + block6h, + block6g, then all of stage 6, 5, 4; that
+  is 0, 1, 2, 3, 4, 5, 11, 17, 23 whole units, the config's unfreeze_blocks), freeze_bn,
+  ft_optimizer, use_l2sp / l2sp_alpha.
 Nuisance (tuned away): head_lr (1e-4..3e-2, log), head_epochs {3, 5, 8}, ft_lr_adamw
   (1e-6..1e-3) / ft_lr_sgd (1e-4..3e-2), ft_epochs {5, 10, 20}, warmup_frac {0, 0.05, 0.2},
   batch_size {16, 32, 64}, weight_decay (1e-6..1e-2), head_dropout (0..0.5), drop_connect_rate
@@ -31,7 +32,7 @@ SPACE = FineTuneSpace(
     head_epochs=(3, 5, 8),
     # 0 = linear probe; top; + block7b; stage 7; + block6h; + block6g; then whole stages 6, 5
     # and 4 (DESIGN.md: top 5% of the parameters, stage 7 30%, stage 6 79%, stage 5 92%).
-    unfreeze_levels=(0, 1, 2, 3, 4, 5, 11, 17, 23),
+    unfreeze_ladder=(0, 1, 2, 3, 4, 5, 11, 17, 23),
     ft_lr_adamw=(1e-6, 1e-3),
     ft_lr_sgd=(1e-4, 3e-2),
     ft_epochs=(5, 10, 20),

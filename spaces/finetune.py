@@ -1,10 +1,12 @@
 """The two-phase fine-tuning space of DESIGN.md, parameterised by backbone and ranges.
 
-Phase 1 trains the head on the frozen backbone; if `unfreeze_blocks` > 0, phase 2 fine-tunes the
-top blocks with its own optimizer, learning rate, warmup and BatchNorm policy. `unfreeze_blocks`
-is ordinal: a step on the space's ladder of whole-unit counts. Parameters that
-only matter for phase 2 are sampled only when blocks are unfrozen, and each optimizer has its
-own learning-rate range (and parameter name), since sgd with momentum needs a ~30x larger rate.
+Phase 1 trains the head on the frozen backbone; phase 2, when the chosen step unfreezes any
+units, fine-tunes the top blocks with its own optimizer, learning rate, warmup and BatchNorm
+policy. The sampled `unfreeze_level` is ordinal: a step on the space's `unfreeze_ladder`, which
+maps it to the config field `phases[].unfreeze_blocks`, a count of whole units (on effnet_b4
+level 8 unfreezes 23 units). Parameters that only matter for phase 2 are sampled only when
+blocks are unfrozen, and each optimizer has its own learning-rate range (and parameter name),
+since sgd with momentum needs a ~30x larger rate.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ class FineTuneSpace:
     weights: str | None
     head_lr: FloatRange
     head_epochs: tuple[int, ...]
-    #: The unfreeze ladder: the sampled `unfreeze_blocks` (ordinal 0, 1, 2, ...) picks a step,
-    #: and the step says how many whole units train. Fine steps near the top (surgical
-    #: fine-tuning), whole stages further down.
-    unfreeze_levels: tuple[int, ...]
+    #: The unfreeze ladder: whole units unfrozen at each step. The sampled `unfreeze_level`
+    #: (ordinal 0, 1, 2, ...) picks a step; `unfreeze_ladder[unfreeze_level]` becomes the
+    #: config's `unfreeze_blocks`. Fine steps near the top (surgical fine-tuning), whole stages
+    #: further down.
+    unfreeze_ladder: tuple[int, ...]
     ft_lr_adamw: FloatRange
     ft_lr_sgd: FloatRange
     ft_epochs: tuple[int, ...]
@@ -66,8 +69,8 @@ class FineTuneSpace:
         """Draw one configuration. Deterministic in the trial's answers; no side effects."""
         head_lr = trial.suggest_float("head_lr", *self.head_lr, log=True)
         head_epochs = trial.suggest_categorical("head_epochs", self.head_epochs)
-        level = trial.suggest_int("unfreeze_blocks", 0, len(self.unfreeze_levels) - 1)
-        unfreeze_blocks = self.unfreeze_levels[level]
+        unfreeze_level = trial.suggest_int("unfreeze_level", 0, len(self.unfreeze_ladder) - 1)
+        unfreeze_blocks = self.unfreeze_ladder[unfreeze_level]
         batch_size = trial.suggest_categorical("batch_size", self.batch_sizes)
         weight_decay = (
             trial.suggest_float("weight_decay", *self.weight_decay, log=True)

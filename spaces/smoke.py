@@ -4,8 +4,9 @@
 
 Checks an installation end to end (workers, storage, MLflow) in about a minute, and is the
 study the scale-out and fault-injection tests run. Not for conclusions: 36 training images.
-Scientific: unfreeze_blocks (0..1), freeze_bn. Nuisance: head_lr (1e-3..1e-2, log),
-  ft_optimizer, ft_lr_adamw (1e-5..1e-3) / ft_lr_sgd (1e-4..1e-2), head_dropout (0..0.3).
+Scientific: unfreeze_level (0..1: head only, or the top unit too), freeze_bn.
+Nuisance: head_lr (1e-3..1e-2, log), ft_optimizer, ft_lr_adamw (1e-5..1e-3) / ft_lr_sgd
+  (1e-4..1e-2), head_dropout (0..0.3).
 Fixed: 64 px, the committed source-task weights, 2 head epochs + 1 fine-tune epoch, batch 16.
 """
 
@@ -23,7 +24,7 @@ SPACE = FineTuneSpace(
     weights=PRETRAINED_WEIGHTS,
     head_lr=(1e-3, 1e-2),
     head_epochs=(2,),
-    unfreeze_levels=(0, 1),
+    unfreeze_ladder=(0, 1),
     ft_lr_adamw=(1e-5, 1e-3),
     ft_lr_sgd=(1e-4, 1e-2),
     ft_epochs=(1,),

@@ -273,6 +273,11 @@ class TrainConfig(_Frozen):
     def total_epochs(self) -> int:
         return sum(phase.epochs for phase in self.phases)
 
+    @property
+    def unfrozen_units(self) -> int:
+        """Whole backbone units the job unfreezes at its deepest; 0 for a linear probe."""
+        return max(phase.unfreeze_blocks for phase in self.phases)
+
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
     """One line: where the YAML broke and why (PyYAML's own message spans several lines)."""

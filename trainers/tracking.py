@@ -91,7 +91,11 @@ def ensure_experiment(client: Any, name: str) -> str:
 
 
 def config_params(config: TrainConfig) -> dict[str, str]:
-    """The config flattened to MLflow params: data.source, phase2.learning_rate, ..."""
+    """The config flattened to MLflow params: data.source, phase2.learning_rate, ...
+
+    Plus `unfrozen_units`, the whole units the deepest phase unfreezes (0 for a linear probe),
+    so every run can be compared on it, with or without a fine-tune phase.
+    """
     flat: dict[str, str] = {}
     raw = config.to_dict()
     raw.pop("provenance", None)
@@ -100,6 +104,7 @@ def config_params(config: TrainConfig) -> dict[str, str]:
     for number, phase in enumerate(phases, start=1):
         _flatten(phase, f"phase{number}.", flat)
     flat["phases"] = str(len(phases))
+    flat["unfrozen_units"] = str(config.unfrozen_units)
     return flat
 
 

@@ -17,7 +17,7 @@ from tests.conftest import REPO
 LINEAR_PROBE = {
     "head_lr": 2e-3,
     "head_epochs": 5,
-    "unfreeze_blocks": 0,
+    "unfreeze_level": 0,
     "batch_size": 32,
     "weight_decay": 1e-4,
     "head_dropout": 0.3,
@@ -51,7 +51,7 @@ def test_fine_tune_parameters_are_not_sampled_for_a_linear_probe() -> None:
 def test_each_optimizer_has_its_own_learning_rate_parameter() -> None:
     params: dict[str, Any] = {
         **LINEAR_PROBE,
-        "unfreeze_blocks": 3,
+        "unfreeze_level": 3,
         "ft_optimizer": "sgd",
         "ft_epochs": 10,
         "ft_lr_sgd": 1e-2,
@@ -88,9 +88,11 @@ def test_sampled_configs_respect_bounds_and_conditionals(module: Any) -> None:
         )
         assert config.label_smoothing in space.label_smoothing
         assert config.data.augmentation in space.augmentations
-        level = params["unfreeze_blocks"]
+        level = params["unfreeze_level"]
         seen_unfreeze.add(level)
-        blocks = space.unfreeze_levels[level]
+        blocks = space.unfreeze_ladder[level]
+        assert "unfreeze_blocks" not in params  # the config field's name, never a parameter
+        assert config.unfrozen_units == blocks
         fine_tune_params = {"ft_optimizer", "ft_epochs", "freeze_bn"}
         if blocks == 0:
             # Conditional parameters exist only when blocks are unfrozen.
@@ -118,7 +120,7 @@ def test_sampled_configs_respect_bounds_and_conditionals(module: Any) -> None:
                 # The strength is sampled only when L2-SP is on.
                 assert "l2sp_alpha" not in params and config.l2sp_alpha == 0.0
         study.tell(trial, 0.5)
-    assert seen_unfreeze == set(range(len(space.unfreeze_levels)))
+    assert seen_unfreeze == set(range(len(space.unfreeze_ladder)))
 
 
 def _check_optional_range(
@@ -177,7 +179,7 @@ def test_spaces_import_no_keras_and_are_pure() -> None:
 def test_the_unfreeze_ladder_ends_on_whole_stages(module: Any, level: int, last_unit: str) -> None:
     from trainers.backbones import get_backbone
 
-    params = {**LINEAR_PROBE, "unfreeze_blocks": level, "ft_optimizer": "adamw", "ft_epochs": 5}
+    params = {**LINEAR_PROBE, "unfreeze_level": level, "ft_optimizer": "adamw", "ft_epochs": 5}
     params |= {"ft_lr_adamw": 1e-5, "warmup_frac": 0.0, "freeze_bn": True, "use_l2sp": False}
     config = module.space(FixedTrial(params), "data/dogs")
     units = get_backbone(config.model.backbone).unit_names

@@ -122,7 +122,7 @@ def test_mlflow_has_a_parent_run_and_one_child_run_per_trial(
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     plots = {artifact.path for artifact in client.list_artifacts(parent.info.run_id)}
-    # Two completed trials that differ in unfreeze_blocks: enough to attribute importance.
+    # Two completed trials that differ in unfreeze_level: enough to attribute importance.
     assert {"optimization_history.png", "param_importances.png", "trial_outcomes.png"} <= plots
     by_trial = {int(run.data.tags["optuna.trial_number"]): run for run in children}
     assert all(run.data.tags["mlflow.parentRunId"] == parent.info.run_id for run in children)
@@ -141,6 +141,7 @@ def test_mlflow_has_a_parent_run_and_one_child_run_per_trial(
     # Sampled parameters and the resolved config are params; epochs are metric steps.
     params = by_trial[0].data.params
     assert params["weights"] == "pretrained" and params["phase2.unfreeze_blocks"] == "1"
+    assert params["unfreeze_level"] == "1" and params["unfrozen_units"] == "1"
     steps = [m.step for m in client.get_metric_history(by_trial[0].info.run_id, "val_accuracy")]
     assert steps == [1, 2, 3]
     artifacts = {artifact.path for artifact in client.list_artifacts(by_trial[0].info.run_id)}

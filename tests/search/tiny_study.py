@@ -27,9 +27,9 @@ WEIGHTS = {
 def tiny_space(trial: Suggester, data_source: str) -> TrainConfig:
     weights = trial.suggest_categorical("weights", list(WEIGHTS))
     head_lr = trial.suggest_float("head_lr", 1e-3, 1e-2, log=True)
-    unfreeze_blocks = trial.suggest_int("unfreeze_blocks", 0, 1)
+    unfreeze_level = trial.suggest_int("unfreeze_level", 0, 1)
     phases: list[dict[str, Any]] = [{"epochs": 2, "learning_rate": head_lr}]
-    if unfreeze_blocks:
+    if unfreeze_level:
         phases.append({"epochs": 1, "learning_rate": 1e-4, "unfreeze_blocks": 1})
     return TrainConfig.from_dict(
         {
@@ -45,11 +45,9 @@ def tiny_space(trial: Suggester, data_source: str) -> TrainConfig:
     )
 
 
-def enqueued(
-    label: str, weights: str, unfreeze_blocks: int, head_lr: float = 3e-3
-) -> EnqueuedTrial:
+def enqueued(label: str, weights: str, unfreeze_level: int, head_lr: float = 3e-3) -> EnqueuedTrial:
     return EnqueuedTrial(
-        label, {"weights": weights, "head_lr": head_lr, "unfreeze_blocks": unfreeze_blocks}
+        label, {"weights": weights, "head_lr": head_lr, "unfreeze_level": unfreeze_level}
     )
 
 

@@ -68,6 +68,7 @@ def test_small_example_trains_saves_and_logs_to_mlflow(workdir: Path) -> None:
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params["phase2.unfreeze_blocks"] == "3"
+    assert run.data.params["unfrozen_units"] == "3"
     assert run.data.params["model.backbone"] == "MobileNetV3Small"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
