@@ -18,10 +18,15 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from search.closing import Verdict
 from search.protocol import Failed, Finished, WorkerRequest
-from search.worker import run_worker
+from search.pruning import EpochView
+from search.vocabulary import Reason
 from trainers.config import TrainConfig
 from trainers.history import TrainingHistory
+
+#: What a spawned worker process runs: `search.worker.run_worker`, or a test's scripted worker.
+WorkerEntry = Callable[[Connection, WorkerRequest, int], None]
 
 
 @dataclass
@@ -34,13 +39,18 @@ class ActiveTrial:
     folder: Path
     slot: int
     started: float = field(default_factory=time.monotonic)
+    #: Every metric of every epoch, as the worker reported them.
     records: list[dict[str, float]] = field(default_factory=list)
+    #: The same epochs, as the collapse rules read them.
+    epochs: list[EpochView] = field(default_factory=list)
+    #: Known once the worker has loaded the data; 0 before.
+    num_classes: int = 0
     worker_config_yaml: str | None = None
     prune_reason: str | None = None
     outcome: Finished | Failed | None = None
     pipe_closed: bool = False
     #: Set when the coordinator itself ends the trial (Ctrl-C, study stopped).
-    forced_reason: str | None = None
+    forced_reason: Reason | None = None
     #: Set when a peer failed the trial as stale while it still ran here.
     taken_over: bool = False
 
@@ -48,14 +58,19 @@ class ActiveTrial:
     def history(self) -> TrainingHistory:
         return TrainingHistory.from_records(self.records)
 
+    @property
+    def unfreezing_phases(self) -> list[int]:
+        """Phase numbers (from 1) that unfreeze backbone blocks."""
+        return [n for n, phase in enumerate(self.config.phases, 1) if phase.unfreeze_blocks > 0]
+
 
 def spawn_worker(
-    context: SpawnContext, request: WorkerRequest, coordinator_pid: int
+    context: SpawnContext, request: WorkerRequest, coordinator_pid: int, entry: WorkerEntry
 ) -> tuple[BaseProcess, Connection]:
     """Start a fresh interpreter for one trial; returns the process and our pipe end."""
     ours, theirs = context.Pipe(duplex=True)
     process = context.Process(
-        target=run_worker,
+        target=entry,
         args=(theirs, request, coordinator_pid),
         name=f"trial-{request.trial_number}",
         daemon=True,
@@ -75,14 +90,6 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-@dataclass(frozen=True)
-class Verdict:
-    state: TrialState
-    reason: str = ""
-    detail: str = ""
-    value: float | None = None
-
-
 def judge(active: ActiveTrial, objective: Callable[[TrainingHistory], float | None]) -> Verdict:
     """The final state of a trial whose worker has ended."""
     outcome = active.outcome
@@ -93,12 +100,12 @@ def judge(active: ActiveTrial, objective: Callable[[TrainingHistory], float | No
         return Verdict(TrialState.FAIL, outcome.kind, outcome.message)
     if outcome is None:
         exit_text = describe_exit(active.process.exitcode)
-        return Verdict(TrialState.FAIL, "worker_died", f"worker {exit_text} before finishing")
+        return Verdict(TrialState.FAIL, Reason.WORKER_DIED, f"worker {exit_text} before finishing")
     if active.prune_reason is not None:
         return Verdict(TrialState.PRUNED, active.prune_reason)
     if outcome.stop_reason == "non_finite_loss":
-        return Verdict(TrialState.PRUNED, "nan", outcome.stop_detail or "")
+        return Verdict(TrialState.PRUNED, Reason.NAN, outcome.stop_detail or "")
     value = objective(active.history)
     if value is None:
-        return Verdict(TrialState.PRUNED, "nan", "no epoch with finite metrics")
+        return Verdict(TrialState.PRUNED, Reason.NAN, "no epoch with finite metrics")
     return Verdict(TrialState.COMPLETE, value=value)

@@ -14,12 +14,10 @@ import pandas as pd
 from optuna import Study
 from optuna.trial import FrozenTrial
 
-from search.outcomes import BEST_EPOCH, CONFIG_YAML, outcome_label
+from search.outcomes import outcome_label
+from search.vocabulary import RENAMED_PARAMS, TrialAttr
 from trainers.config import TrainConfig
 from trainers.errors import ConfigError
-
-#: Sampled parameters that were renamed, old name -> current name.
-RENAMED_PARAMS = {"unfreeze_blocks": "unfreeze_level"}
 
 
 def trials_frame(study: Study) -> pd.DataFrame:
@@ -33,7 +31,7 @@ def trials_frame(study: Study) -> pd.DataFrame:
                 "number": trial.number,
                 "outcome": outcome_label(trial),
                 "value": trial.value,
-                "best_epoch": trial.user_attrs.get(BEST_EPOCH),
+                "best_epoch": trial.user_attrs.get(TrialAttr.BEST_EPOCH),
                 "epochs_run": len(trial.intermediate_values),
                 "minutes": duration,
                 "unfrozen_units": unfrozen_units(trial),
@@ -50,7 +48,7 @@ def trials_frame(study: Study) -> pd.DataFrame:
 
 def unfrozen_units(trial: FrozenTrial) -> int | None:
     """Whole units the trial's recorded config unfreezes; None without a readable config."""
-    text = trial.user_attrs.get(CONFIG_YAML)
+    text = trial.user_attrs.get(TrialAttr.CONFIG_YAML)
     if text is None:
         return None
     try:

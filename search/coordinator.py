@@ -2,25 +2,24 @@
 
 For each trial: `study.ask()` (within the shared budget), the space turns it into a
 TrainConfig, a worker process trains it and reports every epoch; the coordinator logs the epoch
-to MLflow, reports it to the trial, asks the collapse pruner and answers continue or stop. When
-the worker ends, the trial is told COMPLETE (best validation accuracy over all epochs), PRUNED
-or FAIL with its reason, failures are re-run as the retry policy says, and the trial's MLflow
-run is closed with the same state. This process never imports TensorFlow.
+to MLflow, applies the collapse rules to the epochs it holds, reports the value to the trial,
+asks the study's Optuna pruner and answers continue or stop. When the worker ends, the trial is
+closed (`search.closing`): told COMPLETE (best validation accuracy over all epochs), PRUNED or
+FAIL with its reason, re-run as the retry policy says, and its MLflow run closed with the same
+state. This process never imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import math
 import multiprocessing
 import os
-import signal
 import socket
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
@@ -28,18 +27,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.active_trial import ActiveTrial, Verdict, judge, spawn_worker
-from search.budget import RETRY_OF, StudyLock, budget, is_retried
+from search.active_trial import ActiveTrial, WorkerEntry, judge, spawn_worker
+from search.budget import budget
+from search.closing import Ending, TrialCloser, Verdict, trial_files
 from search.liveness import Liveness, retry_params
-from search.outcomes import (
-    BEST_EPOCH,
-    CONFIG_YAML,
-    FAIL_DETAIL,
-    FAIL_REASON,
-    MLFLOW_RUN_ID,
-    PRUNE_REASON,
-    STALE,
-)
 from search.protocol import (
     Continue,
     Epoch,
@@ -50,20 +41,19 @@ from search.protocol import (
     WorkerMessage,
     WorkerRequest,
 )
-from search.pruning import EPOCHS_ATTR, NUM_CLASSES_ATTR, UNFREEZING_PHASES_ATTR
-from search.reporting import StudySummary, epoch_line, finish_study, finished_line
-from search.retry import RetryPolicy, StudyStoppedError, enqueue_retry
+from search.pruning import EpochView, collapse_reason, optuna_reason
+from search.reporting import StudySummary, epoch_line, finish_study
+from search.retry import RetryPolicy, StudyStoppedError
+from search.stop_signals import StopSignals
 from search.storage import make_storage, redact
 from search.studies import StudySpec
+from search.study_lock import StudyLock
 from search.tracking import StudyTracker
+from search.vocabulary import RENAMED_PARAMS, Reason, StudyAttr, TrialAttr
+from search.worker import run_worker
 from trainers.errors import TrainerInputError
-from trainers.history import TrainingHistory, non_finite_keys
-from trainers.plots import plot_learning_curves
 
 Log = Callable[[str], None]
-DATA_SOURCE = "data_source"
-#: Why a trial's copy is dropped: a peer failed it as stale while it still ran here.
-TAKEN_OVER = "taken_over"
 
 
 class StudyMismatchError(ValueError):
@@ -99,6 +89,18 @@ def _seconds_between(start: datetime.datetime | None, end: datetime.datetime | N
     return (end - start).total_seconds() if start is not None and end is not None else 0.0
 
 
+def _renamed_params_in(study: optuna.Study) -> list[str]:
+    """Old names of renamed parameters that the study's trials (queued ones too) still use."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # system_attrs is deprecated for users, not for this
+        used = {
+            name
+            for trial in study.get_trials(deepcopy=False)
+            for name in (*trial.params, *trial.system_attrs.get("fixed_params", {}))
+        }
+    return sorted(used & RENAMED_PARAMS.keys())
+
+
 def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
@@ -106,30 +108,37 @@ def _short(value: Any) -> str:
 class Coordinator:
     """Runs one study until its target number of trials has used the budget."""
 
-    def __init__(self, spec: StudySpec, settings: RunSettings, *, log: Log = _print) -> None:
+    def __init__(
+        self,
+        spec: StudySpec,
+        settings: RunSettings,
+        *,
+        log: Log = _print,
+        worker: WorkerEntry = run_worker,
+    ) -> None:
         self.spec = spec
         self.settings = settings
         self.log = log
+        self.worker = worker
         self.storage_label = redact(settings.storage)
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
-        self.stop_requested = False
         self.lock = StudyLock(settings.storage, spec.name)
         # Several coordinators may start together on a fresh database: Optuna's table creation,
         # the study, its enqueued trials and the MLflow parent run are made by one at a time.
         with self.lock.held():
-            storage = make_storage(
+            self.storage = make_storage(
                 settings.storage,
                 heartbeat_interval=settings.heartbeat_interval,
                 grace_period=settings.grace_period,
             )
-            existing = spec.name in optuna.get_all_study_names(storage)
+            existing = spec.name in optuna.get_all_study_names(self.storage)
             # A new study draws from the spec's seed, so a fresh demo is reproducible; every
             # later or concurrent coordinator gets its own seed, or they would all replay the
             # same draws.
             seed = spec.seed if not existing else hash((spec.seed, self.identity)) % 2**31
             self.study = optuna.create_study(
                 study_name=spec.name,
-                storage=storage,
+                storage=self.storage,
                 sampler=spec.make_sampler(seed),
                 pruner=spec.make_pruner(),
                 direction="maximize",
@@ -140,42 +149,51 @@ class Coordinator:
             self.tracker = StudyTracker(
                 settings.tracking_uri, spec.name, storage=self.storage_label
             )
+        self.started_at = time.monotonic()
+        self.closer = TrialCloser(
+            self.study, self.tracker, settings.retry, log=log, started_at=self.started_at
+        )
         self.liveness = Liveness(
-            storage,
+            self.storage,
             self.lock,
             heartbeat_interval=settings.heartbeat_interval,
             grace_period=settings.grace_period,
-            on_stale=self._on_stale_trial,
-            needs_rerun=self._stale_needs_rerun,
+            on_stale=self._close_stale_trial,
+            needs_rerun=self.closer.needs_rerun,
         )
-        self.pruner = spec.make_pruner()
         self.context = multiprocessing.get_context("spawn")
         self.active: dict[int, ActiveTrial] = {}
-        self.started_at = time.monotonic()
-        self.consecutive_failures = 0
-        self.last_failure = ""
-        # A pipe that Ctrl-C writes to, so that waiting for workers ends at once (main thread).
-        self.wakeup_reader: int | None = None
-        self.wakeup_writer: int | None = None
-        self.previous_wakeup_fd = -1
+        self.stop_signals = StopSignals()
 
     # -- budget and trial start ---------------------------------------------------------------
 
     def _prepare_study(self, existing: bool) -> None:
-        """Record the data source and enqueue the known configs once (under the lock)."""
-        recorded = self.study.user_attrs.get(DATA_SOURCE)
+        """Check that the command continues this study, record its data source and enqueue the
+        known configs once (under the lock)."""
+        renamed = _renamed_params_in(self.study) if existing else []
+        if renamed:
+            old = renamed[0]
+            raise StudyMismatchError(
+                f"study {self.spec.name!r} in {self.storage_label} was created before the "
+                f"parameter {old!r} was renamed {RENAMED_PARAMS[old]!r} and cannot be resumed; "
+                f"export its best trial with python -m search.export --study {self.spec.name} "
+                f"--storage {self.storage_label}, then start a new study with another --storage"
+            )
+        recorded = self.study.user_attrs.get(StudyAttr.DATA_SOURCE)
         if existing and recorded is not None and recorded != self.settings.data_source:
             raise StudyMismatchError(
                 f"study {self.spec.name!r} was started with data {recorded!r}, not "
                 f"{self.settings.data_source!r}; pass --data {recorded} to continue it, or use "
                 "another --storage for a new study"
             )
-        self.study.set_user_attr(DATA_SOURCE, self.settings.data_source)
+        self.study.set_user_attr(StudyAttr.DATA_SOURCE, self.settings.data_source)
         for known in self.spec.enqueued:
             # skip_if_exists: a coordinator that died half-way through this loop is completed
             # by the next one, and nothing is queued twice.
             self.study.enqueue_trial(
-                dict(known.params), user_attrs={"enqueued": known.label}, skip_if_exists=True
+                dict(known.params),
+                user_attrs={TrialAttr.ENQUEUED: known.label},
+                skip_if_exists=True,
             )
 
     def _timed_out(self) -> bool:
@@ -205,15 +223,16 @@ class Coordinator:
             config = self.spec.space(trial, self.settings.data_source)
         except TrainerInputError as error:
             # The space produced an invalid config: a bug in the space, not bad luck.
-            self._fail_before_start(trial, f"invalid config from the space: {error}")
+            self.liveness.release(trial)
+            detail = f"invalid config from the space: {error}"
+            verdict = Verdict(TrialState.FAIL, Reason.INPUT, detail)
+            self.closer.close(trial, Ending(trial.number, trial.params, trial.user_attrs, verdict))
             return True
         folder = self.settings.output_dir / f"trial-{trial.number:04d}"
         folder.mkdir(parents=True, exist_ok=True)
-        trial.set_user_attr(CONFIG_YAML, config.to_yaml())
-        unfreezing = [n for n, phase in enumerate(config.phases, 1) if phase.unfreeze_blocks > 0]
-        trial.set_user_attr(UNFREEZING_PHASES_ATTR, unfreezing)
+        trial.set_user_attr(TrialAttr.CONFIG_YAML, config.to_yaml())
         run_id = self.tracker.start_trial(trial.number, trial.params, config)
-        trial.set_user_attr(MLFLOW_RUN_ID, run_id)
+        trial.set_user_attr(TrialAttr.MLFLOW_RUN_ID, run_id)
         environments = self.settings.worker_environments
         request = WorkerRequest(
             trial_number=trial.number,
@@ -221,45 +240,26 @@ class Coordinator:
             log_path=str(folder / "worker.log"),
             environment=environments[slot] if slot < len(environments) else {},
         )
-        process, connection = spawn_worker(self.context, request, os.getpid())
+        process, connection = spawn_worker(self.context, request, os.getpid(), self.worker)
         self.active[trial.number] = ActiveTrial(
             trial, config, process, connection, run_id, folder, slot
         )
-        retry_of = trial.user_attrs.get(RETRY_OF)
+        retry_of = trial.user_attrs.get(TrialAttr.RETRY_OF)
         again = "" if retry_of is None else f", re-running trial {retry_of} with the same params"
         params = ", ".join(f"{name}={_short(value)}" for name, value in trial.params.items())
         self.log(f"trial {trial.number:>3} started (slot {slot}){again}: {params}")
         return True
-
-    def _fail_before_start(self, trial: optuna.Trial, detail: str) -> None:
-        trial.set_user_attr(FAIL_REASON, "input")
-        trial.set_user_attr(FAIL_DETAIL, detail[:2000])
-        self.liveness.release(trial)
-        self.study.tell(trial, state=TrialState.FAIL)
-        # Every trial has its run, even one that never reached a worker.
-        run_id = self.tracker.start_trial(trial.number, trial.params, config=None)
-        self.tracker.finish_trial(
-            run_id,
-            state="FAIL",
-            tags={"fail_reason": "input", "fail_detail": detail},
-            metrics={},
-            files=[],
-        )
-        self._count_outcome(TrialState.FAIL, f"trial {trial.number}: {detail}")
-        elapsed = time.monotonic() - self.started_at
-        result = f"input: {detail}"[:120]
-        self.log(finished_line(trial.number, TrialState.FAIL, result, self.study, 0.0, elapsed))
 
     # -- messages from workers ----------------------------------------------------------------
 
     def _handle(self, active: ActiveTrial, message: WorkerMessage) -> None:
         trial = active.trial
         if isinstance(message, Started):
+            active.num_classes = message.num_classes
             active.worker_config_yaml = message.config_yaml
-            trial.set_user_attr(NUM_CLASSES_ATTR, message.num_classes)
-            trial.set_user_attr(CONFIG_YAML, message.config_yaml)
-            trial.set_user_attr("train_images", message.train_count)
-            trial.set_user_attr("validation_images", message.validation_count)
+            trial.set_user_attr(TrialAttr.CONFIG_YAML, message.config_yaml)
+            trial.set_user_attr(TrialAttr.TRAIN_IMAGES, message.train_count)
+            trial.set_user_attr(TrialAttr.VALIDATION_IMAGES, message.validation_count)
         elif isinstance(message, Epoch):
             reason = self._on_epoch(active, message)
             if reason is not None:
@@ -275,37 +275,32 @@ class Coordinator:
         """Log and report one epoch; the reason to stop the trial, or None."""
         metrics = message.metrics
         active.records.append({"epoch": message.epoch, **metrics})
+        active.epochs.append(EpochView.from_metrics(message.epoch, metrics))
         self.tracker.log_epoch(active.run_id, message.epoch, metrics)
         total = active.config.total_epochs
         self.log(epoch_line(active.trial.number, message.epoch, total, metrics))
-        frozen = self._frozen(active.trial)
-        if frozen is None:
+        reason = collapse_reason(
+            active.epochs,
+            num_classes=active.num_classes,
+            unfreezing_phases=active.unfreezing_phases,
+            rules=self.spec.rules,
+        )
+        if reason == Reason.NAN:
+            return reason  # a non-finite value never reaches the storage
+        try:
+            active.trial.report(active.epochs[-1].val_accuracy, step=message.epoch)
+        except optuna.exceptions.UpdateFinishedTrialError:
             # Another coordinator failed this trial as stale (we looked dead for too long) and
             # queued its re-run; this copy stops and is not told.
             active.taken_over = True
-            return TAKEN_OVER
-        # A non-finite (or missing) value never reaches the storage, not even as an
-        # intermediate value.
-        checked = {key: metrics.get(key, math.nan) for key in ("loss", "val_loss", "val_accuracy")}
-        if non_finite_keys(checked):
-            return "nan"
-        compact = [
-            {key: record[key] for key in ("epoch", "phase", "loss", "val_loss", "val_accuracy")}
-            for record in active.records
-        ]
-        try:
-            active.trial.report(float(metrics["val_accuracy"]), step=message.epoch)
-            active.trial.set_user_attr(EPOCHS_ATTR, compact)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            active.taken_over = True  # failed as stale by a peer since the check above
-            return TAKEN_OVER
-        decision = self.pruner.decide(self.study, self._frozen(active.trial) or frozen)
-        return None if decision is None else decision.reason
+            return Reason.TAKEN_OVER
+        if reason is not None:
+            return reason
+        return optuna_reason(self.study, self.storage.get_trial(active.trial._trial_id))
 
-    def _frozen(self, trial: optuna.Trial) -> FrozenTrial | None:
-        """The trial as stored, if it is still RUNNING."""
-        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        return next((frozen for frozen in running if frozen.number == trial.number), None)
+    def _is_running(self, trial: optuna.Trial) -> bool:
+        """Whether the stored trial is still RUNNING (no peer failed it as stale)."""
+        return self.storage.get_trial(trial._trial_id).state == TrialState.RUNNING
 
     # -- the end of a trial ---------------------------------------------------------------------
 
@@ -317,128 +312,52 @@ class Coordinator:
         trial = active.trial
         del self.active[trial.number]
         history = active.history
-        verdict = judge(active, self.spec.objective)
+        ending = Ending(
+            trial.number,
+            trial.params,
+            trial.user_attrs,
+            judge(active, self.spec.objective),
+            run_id=active.run_id,
+            best_epoch=history.best_epoch,
+            epochs_run=len(history),
+            seconds=time.monotonic() - active.started,
+        )
         try:
             # The trial keeps its heartbeat until it is told, so that no peer takes it for dead
             # while its files are written.
-            files = self._trial_files(active, history)
+            files = trial_files(
+                active.folder,
+                active.worker_config_yaml or active.config.to_yaml(),
+                history,
+                title=f"{self.spec.name} trial {trial.number}",
+            )
+            ending = replace(ending, files=files)
             # Under the lock, which every stale sweep holds: a trial still RUNNING here cannot
             # be failed by a peer before it is told, nor its run closed twice at once.
             with self.lock.held():
-                taken_over = active.taken_over or self._frozen(trial) is None
+                taken_over = active.taken_over or not self._is_running(trial)
                 if taken_over:
-                    # A peer failed it as stale (we looked dead for a while) and queued its
-                    # re-run: this copy is dropped, never told twice.
-                    self.tracker.finish_trial(
-                        active.run_id,
-                        state="FAIL",
-                        tags={"fail_reason": TAKEN_OVER},
-                        metrics={},
-                        files=files,
-                    )
+                    # A peer failed it as stale and queued its re-run: this copy is dropped,
+                    # never told twice; its run is shared with the peer's sweep, so it is
+                    # closed under the lock too.
+                    dropped = Verdict(TrialState.FAIL, Reason.TAKEN_OVER, "taken over by a peer")
+                    self.closer.close(None, replace(ending, verdict=dropped))
                 else:
-                    tags, metrics, result = self._tell(active, verdict)
+                    retried = self.closer.record(trial, ending)
         finally:
             self.liveness.release(trial)
-        if taken_over:
-            self.log(f"trial {trial.number:>3} dropped: another coordinator took it over")
-            return
-        self.tracker.finish_trial(
-            active.run_id,
-            state=verdict.state.name,
-            tags=tags,
-            metrics=metrics,
-            files=files,
-            killed=verdict.reason == "interrupted",
-        )
-        description = f"trial {trial.number}: {verdict.reason}: {verdict.detail}"
-        self._count_outcome(verdict.state, description)
-        elapsed = time.monotonic() - self.started_at
-        trial_seconds = time.monotonic() - active.started
-        self.log(
-            finished_line(trial.number, verdict.state, result, self.study, trial_seconds, elapsed)
-        )
+        if not taken_over:
+            self.closer.publish(ending, retried=retried)
 
-    def _tell(
-        self, active: ActiveTrial, verdict: Verdict
-    ) -> tuple[dict[str, str], dict[str, float], str]:
-        """Store the verdict on the trial; the MLflow tags and metrics, and the printed result."""
-        trial = active.trial
-        history = active.history
-        if verdict.state == TrialState.COMPLETE:
-            assert verdict.value is not None
-            trial.set_user_attr(BEST_EPOCH, history.best_epoch)
-            self.study.tell(trial, verdict.value)
-            metrics = {"objective": verdict.value, "best_epoch": float(history.best_epoch or 0)}
-            return {}, metrics, f"{verdict.value:.4f} (epoch {history.best_epoch})"
-        if verdict.state == TrialState.PRUNED:
-            trial.set_user_attr(PRUNE_REASON, verdict.reason)
-            self.study.tell(trial, state=TrialState.PRUNED)
-            tags = {"prune_reason": verdict.reason}
-            return tags, {}, f"{verdict.reason} at epoch {len(history)}"
-        trial.set_user_attr(FAIL_REASON, verdict.reason)
-        trial.set_user_attr(FAIL_DETAIL, verdict.detail[:2000])
-        retried = self._retry_if_allowed(
-            trial.number, trial.params, trial.user_attrs, verdict.reason
-        )
-        self.study.tell(trial, state=TrialState.FAIL)
-        tags = {"fail_reason": verdict.reason, "fail_detail": verdict.detail}
-        tags["retried"] = str(retried)
-        return tags, {}, f"{verdict.reason}: {verdict.detail}"[:120]
-
-    def _retry_if_allowed(
-        self, number: int, params: dict[str, Any], user_attrs: dict[str, Any], reason: str
-    ) -> bool:
-        # Queued before the trial is told FAIL, so no coordinator sees a gap in the budget.
-        if not self.settings.retry.should_retry(reason, user_attrs):
-            return False
-        if is_retried(self.study, number):
-            return True  # a coordinator that died between queueing and telling did it already
-        enqueue_retry(
-            self.study, number=number, params=params, user_attrs=user_attrs, reason=reason
-        )
-        return True
-
-    def _count_outcome(self, state: TrialState, description: str) -> None:
-        if state == TrialState.FAIL:
-            self.consecutive_failures += 1
-            self.last_failure = description[:300]
-        else:
-            self.consecutive_failures = 0
-
-    def _trial_files(self, active: ActiveTrial, history: TrainingHistory) -> list[Path]:
-        folder = active.folder
-        config_file = folder / "config.yaml"
-        config_file.write_text(active.worker_config_yaml or active.config.to_yaml())
-        files = [config_file, folder / "worker.log"]
-        if len(history):
-            files.append(history.to_csv(folder / "history.csv"))
-            title = f"{self.spec.name} trial {active.trial.number}"
-            files.append(plot_learning_curves(history, folder / "learning_curves.png", title=title))
-        return files
-
-    def _on_stale_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def _close_stale_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """A trial failed because its coordinator stopped heart-beating (killed, machine lost);
         called under the study lock."""
-        retried = self._retry_if_allowed(trial.number, retry_params(trial), trial.user_attrs, STALE)
-        # Its coordinator may have died before creating the trial's run: every trial gets one.
-        self.tracker.close_dead_trial_run(trial.number, trial.params, STALE)
-        again = "re-running it" if retried else "not retried"
-        self.log(
-            finished_line(
-                trial.number,
-                TrialState.FAIL,
-                f"{STALE}: its coordinator stopped; {again}",
-                self.study,
-                _seconds_between(trial.datetime_start, trial.datetime_complete),
-                time.monotonic() - self.started_at,
-            )
+        verdict = Verdict(TrialState.FAIL, Reason.STALE_HEARTBEAT, "its coordinator stopped")
+        seconds = _seconds_between(trial.datetime_start, trial.datetime_complete)
+        ending = Ending(
+            trial.number, retry_params(trial), trial.user_attrs, verdict, seconds=seconds
         )
-
-    def _stale_needs_rerun(self, trial: FrozenTrial) -> bool:
-        return self.settings.retry.should_retry(STALE, trial.user_attrs) and not is_retried(
-            self.study, trial.number
-        )
+        self.closer.close(None, ending)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -454,18 +373,18 @@ class Coordinator:
             if not active.pipe_closed:
                 waitables.append(active.connection)
         if waitables:
-            if self.wakeup_reader is not None:
-                waitables.append(self.wakeup_reader)
+            if self.stop_signals.wakeup_fd is not None:
+                waitables.append(self.stop_signals.wakeup_fd)
             wait(waitables, timeout=timeout)
-            self._clear_wakeups()
+            self.stop_signals.clear_wakeups()
         for active in list(self.active.values()):
             alive = active.process.is_alive()
             # After an exit, drain what the worker sent before it, then close the trial.
             self._drain(active)
             if not alive:
-                if self.stop_requested and active.outcome is None:
+                if self.stop_signals.requested and active.outcome is None:
                     # Killed with us by a signal to the process group: not the trial's fault.
-                    active.forced_reason = "interrupted"
+                    active.forced_reason = Reason.INTERRUPTED
                 self._finalize(active)
 
     def _drain(self, active: ActiveTrial) -> None:
@@ -478,11 +397,11 @@ class Coordinator:
             self._handle(active, message)
 
     def _check_failures(self) -> None:
-        limit = self.settings.retry.max_consecutive_failures
-        if self.consecutive_failures >= limit:
+        streak = self.closer.consecutive_failures
+        if streak >= self.settings.retry.max_consecutive_failures:
             raise StudyStoppedError(
-                f"stopping: {self.consecutive_failures} consecutive trials failed (last: "
-                f"{self.last_failure}). Fix the cause, then run the same command to resume."
+                f"stopping: {streak} consecutive trials failed (last: "
+                f"{self.closer.last_failure}). Fix the cause, then run the same command to resume."
             )
 
     def _others_running(self) -> bool:
@@ -514,30 +433,15 @@ class Coordinator:
     def _run_trials(self) -> None:
         """Start, watch and finish trials until the budget is used; on Ctrl-C or a failure
         streak, stop the running trials so that the stores stay consistent."""
-        previous_handlers = self._catch_stop_signals()
         try:
-            while True:
-                if self.stop_requested:
-                    self.log("stopping: marking running trials (Ctrl-C again to force)")
-                    raise KeyboardInterrupt
-                self.liveness.sweep(self.study)
-                self._check_failures()
-                for slot in self._free_slots():
-                    if not self._start_trial(slot):
-                        break
-                if not self.active:
-                    if self._others_running():
-                        # Other coordinators' trials (or a dead one's, until they go stale).
-                        time.sleep(min(2.0, self.settings.heartbeat_interval))
-                        continue
-                    break
-                self._pump(timeout=1.0)
+            with self.stop_signals:
+                self._loop()
         except KeyboardInterrupt:
-            self._stop_workers("interrupted")
+            self._stop_workers()
             self._finish(status="KILLED")
             raise
         except StudyStoppedError:
-            self._stop_workers("interrupted")
+            self._stop_workers()
             self._finish(status="FAILED")
             raise
         except Exception:
@@ -545,60 +449,34 @@ class Coordinator:
             # so that the resume command re-runs what was running.
             self.log("coordinator error: stopping the running trials")
             with contextlib.suppress(Exception):
-                self._stop_workers("interrupted")
+                self._stop_workers()
                 self._finish(status="FAILED")
             raise
-        finally:
-            self._restore_signals(previous_handlers)
 
-    def _catch_stop_signals(self) -> dict[int, Any]:
-        """Ctrl-C and SIGTERM stop the study at the next safe point, not inside a DB write."""
-
-        def request_stop(signum: int, frame: Any) -> None:
-            if self.stop_requested:  # a second Ctrl-C: stop now
+    def _loop(self) -> None:
+        while True:
+            if self.stop_signals.requested:
+                self.log("stopping: marking running trials (Ctrl-C again to force)")
                 raise KeyboardInterrupt
-            # Only a flag: printing here could land inside a print of the main thread, which
-            # Python refuses (reentrant call); the main loop says it is stopping.
-            self.stop_requested = True
+            self.liveness.sweep(self.study)
+            self._check_failures()
+            for slot in self._free_slots():
+                if not self._start_trial(slot):
+                    break
+            if not self.active:
+                if self._others_running():
+                    # Other coordinators' trials (or a dead one's, until they go stale).
+                    time.sleep(min(2.0, self.settings.heartbeat_interval))
+                    continue
+                return
+            self._pump(timeout=1.0)
 
-        previous: dict[int, Any] = {}
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous[signum] = signal.signal(signum, request_stop)
-            except ValueError:  # not the main thread: leave signals alone
-                return previous
-        # Python retries a wait that a signal interrupts, so without a wakeup fd a Ctrl-C would
-        # wait for the next worker message; meanwhile a trial could finish that the user meant
-        # to stop.
-        reader, writer = os.pipe()
-        os.set_blocking(reader, False)
-        os.set_blocking(writer, False)
-        self.previous_wakeup_fd = signal.set_wakeup_fd(writer, warn_on_full_buffer=False)
-        self.wakeup_reader, self.wakeup_writer = reader, writer
-        return previous
-
-    def _clear_wakeups(self) -> None:
-        if self.wakeup_reader is None:
-            return
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self.wakeup_reader, 512):
-                pass
-
-    def _restore_signals(self, previous_handlers: dict[int, Any]) -> None:
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
-        if self.wakeup_reader is not None and self.wakeup_writer is not None:
-            signal.set_wakeup_fd(self.previous_wakeup_fd)
-            os.close(self.wakeup_reader)
-            os.close(self.wakeup_writer)
-            self.wakeup_reader = self.wakeup_writer = None
-
-    def _stop_workers(self, reason: str) -> None:
+    def _stop_workers(self) -> None:
         """End every running trial: results already sent are kept; the rest are FAIL
-        (`reason`, queued again) with their MLflow runs KILLED."""
+        (`interrupted`, queued again) with their MLflow runs KILLED."""
         for active in list(self.active.values()):
             self._drain(active)
-            active.forced_reason = reason
+            active.forced_reason = Reason.INTERRUPTED
             self._finalize(active)
 
     def _finish(self, *, status: str) -> StudySummary:
@@ -614,5 +492,12 @@ class Coordinator:
             )
 
 
-def run_study(spec: StudySpec, settings: RunSettings, *, log: Log = _print) -> StudySummary:
-    return Coordinator(spec, settings, log=log).run()
+def run_study(
+    spec: StudySpec,
+    settings: RunSettings,
+    *,
+    log: Log = _print,
+    worker: WorkerEntry = run_worker,
+) -> StudySummary:
+    """Run (or resume) a study; `worker` is what each trial's spawned process runs."""
+    return Coordinator(spec, settings, log=log, worker=worker).run()

@@ -19,8 +19,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search.outcomes import BEST_EPOCH, CONFIG_YAML
 from search.storage import DEFAULT_STORAGE, StorageError, check_storage_url, make_storage, redact
+from search.vocabulary import TrialAttr
 from trainers.config import Provenance, TrainConfig
 from trainers.errors import TrainerInputError
 
@@ -52,14 +52,16 @@ def best_config(study_name: str, storage: str) -> TrainConfig:
     finally:
         rdb.remove_session()
         rdb.engine.dispose()
-    if CONFIG_YAML not in best.user_attrs:
+    if TrialAttr.CONFIG_YAML not in best.user_attrs:
         raise ExportError(f"trial {best.number} of {study_name!r} has no recorded config")
-    config = TrainConfig.from_yaml(best.user_attrs[CONFIG_YAML], origin=f"trial {best.number}")
+    config = TrainConfig.from_yaml(
+        best.user_attrs[TrialAttr.CONFIG_YAML], origin=f"trial {best.number}"
+    )
     provenance = Provenance(
         study=study_name,
         trial_number=best.number,
         value=float(best.value or 0.0),
-        best_epoch=best.user_attrs.get(BEST_EPOCH),
+        best_epoch=best.user_attrs.get(TrialAttr.BEST_EPOCH),
         storage=redact(storage),
         exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )

@@ -27,8 +27,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.budget import StudyLock
-from search.outcomes import COORDINATOR, FAIL_REASON
+from search.study_lock import StudyLock
+from search.vocabulary import TrialAttr
 
 StaleHandler = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -69,7 +69,7 @@ class Liveness:
     def claim(self, trial: optuna.Trial, identity: str) -> None:
         """Mark a trial just asked for as ours (call under the study lock)."""
         self.storage.record_heartbeat(trial._trial_id)
-        trial.set_user_attr(COORDINATOR, identity)
+        trial.set_user_attr(TrialAttr.COORDINATOR, identity)
         with self._guard:
             self._ours.add(trial._trial_id)
 
@@ -108,7 +108,7 @@ class Liveness:
                     self.on_stale(study, self.storage.get_trial(trial_id))
             for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
                 # Failed by a sweeper that died before queueing the re-run.
-                if FAIL_REASON not in trial.user_attrs and self.needs_rerun(trial):
+                if TrialAttr.FAIL_REASON not in trial.user_attrs and self.needs_rerun(trial):
                     self.on_stale(study, trial)
 
     def _dead_trial_ids(self, study: optuna.Study) -> set[int]:
@@ -124,7 +124,7 @@ class Liveness:
         # the asking host's local time, so hosts must agree on it).
         cutoff = datetime.datetime.now() - datetime.timedelta(seconds=self.grace_period)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if COORDINATOR in trial.user_attrs:
+            if TrialAttr.COORDINATOR in trial.user_attrs:
                 continue
             started = trial.datetime_start
             if self.lock.exclusive or (started is not None and started < cutoff):

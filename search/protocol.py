@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
-FailureKind = Literal["input", "gpu_oom", "host_oom", "error"]
+from search.vocabulary import Reason
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,8 @@ class Finished:
 
 @dataclass(frozen=True)
 class Failed:
-    kind: FailureKind
+    #: input, gpu_oom, host_oom or error.
+    kind: Reason
     message: str
     traceback: str = ""
 
@@ -63,4 +63,3 @@ class Stop:
 
 
 WorkerMessage = Started | Epoch | Finished | Failed
-CoordinatorReply = Continue | Stop

@@ -11,10 +11,13 @@ The rules encode the seed guide's failures (DESIGN.md, "Collapse"). In order:
    `collapse_patience` epochs in a row while training loss does not fall (the guide's LR 1e-2:
    43.10 -> 24.44 -> 15.94 is pruned at its third epoch). If training loss keeps falling it is
    overfitting, which best-epoch selection already handles.
-5. Otherwise the wrapped pruner (median by default) decides; its reason is its name.
+5. Otherwise the study's Optuna pruner (median by default) decides; its reason is its name.
 
 "Clearly below" is measured as a share of what the trial had learned above chance, so the
 same thresholds work for 6 classes and for 120.
+
+The coordinator holds each trial's epochs and hands them to `collapse_reason` directly; the
+study's own pruner is a plain Optuna pruner, asked through `optuna_reason` on the stored trial.
 """
 
 from __future__ import annotations
@@ -22,16 +25,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import optuna
-from optuna.pruners import BasePruner, MedianPruner
+from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial
 
-#: Trial user attributes the coordinator keeps up to date for the rules.
-EPOCHS_ATTR = "epoch_metrics"
-NUM_CLASSES_ATTR = "num_classes"
-UNFREEZING_PHASES_ATTR = "unfreezing_phases"
+from search.vocabulary import Reason
 
 
 @dataclass(frozen=True)
@@ -77,18 +76,16 @@ class EpochView:
     val_accuracy: float
     val_loss: float = 0.0
 
-
-def epoch_views(records: Sequence[Mapping[str, Any]]) -> list[EpochView]:
-    return [
-        EpochView(
-            epoch=int(record["epoch"]),
-            phase=int(record.get("phase", 1)),
-            loss=float(record.get("loss", math.nan)),
-            val_accuracy=float(record.get("val_accuracy", math.nan)),
-            val_loss=float(record.get("val_loss", 0.0)),
+    @classmethod
+    def from_metrics(cls, epoch: int, metrics: Mapping[str, float]) -> EpochView:
+        """One epoch as a worker reports it; a missing value counts as non-finite."""
+        return cls(
+            epoch=epoch,
+            phase=int(metrics.get("phase", 1)),
+            loss=float(metrics.get("loss", math.nan)),
+            val_accuracy=float(metrics.get("val_accuracy", math.nan)),
+            val_loss=float(metrics.get("val_loss", math.nan)),
         )
-        for record in records
-    ]
 
 
 def collapse_reason(
@@ -97,21 +94,27 @@ def collapse_reason(
     num_classes: int,
     unfreezing_phases: Sequence[int] = (),
     rules: CollapseRules = CollapseRules(),
-) -> str | None:
-    """The first collapse rule the curve so far breaks, or None if it looks healthy."""
+) -> Reason | None:
+    """The first collapse rule the curve so far breaks, or None if it looks healthy.
+
+    The only place that decides `nan`: a non-finite latest epoch is reported as such before
+    anything is stored. `num_classes` below 2 (not known yet) checks only that.
+    """
     if not epochs:
         return None
     latest = epochs[-1]
     if not all(math.isfinite(v) for v in (latest.loss, latest.val_accuracy, latest.val_loss)):
-        return "nan"
+        return Reason.NAN
+    if num_classes < 2:
+        return None
     chance = 1.0 / num_classes
     accuracies = [epoch.val_accuracy for epoch in epochs]
     if _stuck_near_chance(accuracies, chance, rules):
-        return "chance"
+        return Reason.CHANCE
     if _unfreeze_shock(epochs, chance, set(unfreezing_phases), rules):
-        return "unfreeze_shock"
+        return Reason.UNFREEZE_SHOCK
     if _peak_then_fall(epochs, chance, rules):
-        return "collapse"
+        return Reason.COLLAPSE
     return None
 
 
@@ -157,47 +160,13 @@ def _peak_then_fall(epochs: Sequence[EpochView], chance: float, rules: CollapseR
     return not loss_fell
 
 
-@dataclass(frozen=True)
-class PruneDecision:
-    reason: str
+def pruner_name(pruner: BasePruner) -> str:
+    """The reason recorded when an Optuna pruner stops a trial: its name (`median`, ...)."""
+    return type(pruner).__name__.removesuffix("Pruner").lower() or "pruner"
 
 
-class CollapsePruner(BasePruner):
-    """Prunes on the collapse rules at once, else asks a standard Optuna pruner.
-
-    The per-epoch training loss, validation accuracy and phase come from the trial's
-    `epoch_metrics` user attribute, which the coordinator updates before asking.
-    """
-
-    def __init__(
-        self,
-        wrapped: BasePruner | None = None,
-        *,
-        rules: CollapseRules | None = None,
-    ) -> None:
-        self.wrapped = wrapped if wrapped is not None else MedianPruner(n_startup_trials=3)
-        self.rules = rules if rules is not None else CollapseRules()
-
-    @property
-    def wrapped_name(self) -> str:
-        return type(self.wrapped).__name__.removesuffix("Pruner").lower() or "pruner"
-
-    def decide(self, study: optuna.Study, trial: FrozenTrial) -> PruneDecision | None:
-        """Why `trial` should stop now, or None to continue."""
-        records = trial.user_attrs.get(EPOCHS_ATTR, [])
-        num_classes = int(trial.user_attrs.get(NUM_CLASSES_ATTR, 0))
-        if records and num_classes >= 2:
-            reason = collapse_reason(
-                epoch_views(records),
-                num_classes=num_classes,
-                unfreezing_phases=trial.user_attrs.get(UNFREEZING_PHASES_ATTR, []),
-                rules=self.rules,
-            )
-            if reason is not None:
-                return PruneDecision(reason)
-        if trial.intermediate_values and self.wrapped.prune(study, trial):
-            return PruneDecision(self.wrapped_name)
-        return None
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        return self.decide(study, trial) is not None
+def optuna_reason(study: optuna.Study, trial: FrozenTrial) -> str | None:
+    """The study's own Optuna pruner on the stored trial: its name if it prunes, else None."""
+    if trial.intermediate_values and study.pruner.prune(study, trial):
+        return pruner_name(study.pruner)
+    return None

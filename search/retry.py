@@ -17,12 +17,13 @@ from typing import Any
 
 import optuna
 
-from search.budget import RETRY_COUNT, RETRY_OF, RETRY_REASON
+from search.vocabulary import Reason, TrialAttr
 
-INFRASTRUCTURE_FAILURES = frozenset({"worker_died", "host_oom", "stale_heartbeat", "interrupted"})
+INFRASTRUCTURE_FAILURES = frozenset(
+    {Reason.WORKER_DIED, Reason.HOST_OOM, Reason.STALE_HEARTBEAT, Reason.INTERRUPTED}
+)
 #: Stopped on purpose (Ctrl-C, SIGTERM): always re-run, and not counted against `retries`.
-USER_STOPS = frozenset({"interrupted"})
-PARAMETER_FAILURES = frozenset({"gpu_oom"})
+USER_STOPS = frozenset({Reason.INTERRUPTED})
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class RetryPolicy:
     def should_retry(self, reason: str, user_attrs: Mapping[str, Any]) -> bool:
         if reason in USER_STOPS:
             return True
-        retried = int(user_attrs.get(RETRY_COUNT, 0))
+        retried = int(user_attrs.get(TrialAttr.RETRY_COUNT, 0))
         return reason in INFRASTRUCTURE_FAILURES and retried < self.retries
 
 
@@ -54,14 +55,15 @@ def enqueue_retry(
     reason: str,
 ) -> None:
     """Queue a new trial with the same parameters; the next `ask` anywhere will run it."""
-    previous = int(user_attrs.get(RETRY_COUNT, 0))
+    previous = int(user_attrs.get(TrialAttr.RETRY_COUNT, 0))
+    enqueued = user_attrs.get(TrialAttr.ENQUEUED)
     study.enqueue_trial(
         dict(params),
         user_attrs={
-            RETRY_OF: number,
-            RETRY_COUNT: previous if reason in USER_STOPS else previous + 1,
-            RETRY_REASON: reason,
-            **({"enqueued": user_attrs["enqueued"]} if "enqueued" in user_attrs else {}),
+            TrialAttr.RETRY_OF: number,
+            TrialAttr.RETRY_COUNT: previous if reason in USER_STOPS else previous + 1,
+            TrialAttr.RETRY_REASON: reason,
+            **({TrialAttr.ENQUEUED: enqueued} if enqueued is not None else {}),
         },
     )
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 
-from search.pruning import CollapsePruner, CollapseRules
+from search.pruning import CollapseRules
 from spaces import demo, effnet_b0, effnet_b4, smoke
 from spaces.finetune import Suggester
 from trainers.config import TrainConfig
@@ -69,11 +69,12 @@ class StudySpec:
                 constant_liar=True,
             )
 
-    def make_pruner(self) -> CollapsePruner:
-        median = optuna.pruners.MedianPruner(
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        """The study's Optuna pruner, asked after the collapse rules (`rules`) let a trial go
+        on. A plain Optuna pruner, not a wrapper, so that Optuna sees what it is."""
+        return optuna.pruners.MedianPruner(
             n_startup_trials=self.pruner_startup_trials, n_warmup_steps=self.pruner_warmup_epochs
         )
-        return CollapsePruner(median, rules=self.rules)
 
 
 #: The seed guide's known-good recipe (DESIGN.md): frozen phase at Adam 1e-3, then the top

@@ -120,7 +120,7 @@ class StudyTracker:
         log_files(self.client, self.parent_run_id, list(files))
         self.client.set_terminated(self.parent_run_id, status=status)
 
-    def close_orphaned_runs(self, finished: Mapping[int, str]) -> int:
+    def close_orphaned_runs(self, finished: Mapping[int, str]) -> None:
         """Close child runs left RUNNING for trials the storage knows are finished.
 
         That happens when a coordinator dies between telling Optuna and closing the run.
@@ -129,7 +129,6 @@ class StudyTracker:
             [self.experiment_id],
             filter_string=f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'RUNNING'",
         )
-        closed = 0
         for run in runs:
             number = int(run.data.tags.get(TRIAL_TAG, -1))
             if number in finished:
@@ -138,22 +137,15 @@ class StudyTracker:
                 self.client.set_terminated(
                     run.info.run_id, status="FAILED" if state == "FAIL" else "FINISHED"
                 )
-                closed += 1
-        return closed
 
-    def close_dead_trial_run(
-        self, trial_number: int, params: Mapping[str, Any], reason: str
-    ) -> None:
-        """Mark a dead trial's run FAILED with `reason`, creating the run if its coordinator
-        died before it could, so that every trial has exactly one run."""
+    def runs_to_close(self, trial_number: int, params: Mapping[str, Any]) -> list[str]:
+        """The trial's runs still RUNNING, or a new run if it has none at all (its coordinator
+        died before creating it, or it never reached a worker), so that every trial ends with
+        exactly one closed run."""
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{ROLE_TAG}` = 'trial' and tags.`{TRIAL_TAG}` = '{trial_number}'",
         )
-        run_ids = [run.info.run_id for run in runs if run.info.status == "RUNNING"]
         if not runs:
-            run_ids = [self.start_trial(trial_number, params, config=None)]
-        for run_id in run_ids:
-            self.finish_trial(
-                run_id, state="FAIL", tags={"fail_reason": reason}, metrics={}, files=[]
-            )
+            return [self.start_trial(trial_number, params, config=None)]
+        return [run.info.run_id for run in runs if run.info.status == "RUNNING"]

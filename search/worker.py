@@ -22,14 +22,12 @@ from search.faults import fault_callback, faults_for
 from search.protocol import (
     Epoch,
     Failed,
-    FailureKind,
     Finished,
     Started,
     Stop,
     WorkerRequest,
 )
-
-COORDINATOR_GONE = "coordinator_gone"
+from search.vocabulary import Reason
 
 
 def _redirect_output(log_path: str) -> None:
@@ -52,17 +50,17 @@ def _exit_when_orphaned(parent_pid: int) -> None:
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
-def _classify(error: BaseException) -> FailureKind:
+def _classify(error: BaseException) -> Reason:
     from trainers.errors import TrainerInputError
 
     if isinstance(error, TrainerInputError):
-        return "input"
+        return Reason.INPUT
     if isinstance(error, MemoryError):
-        return "host_oom"
+        return Reason.HOST_OOM
     # tf.errors.ResourceExhaustedError, without importing TensorFlow just to name it.
     if type(error).__name__ == "ResourceExhaustedError" or "OOM when allocating" in str(error):
-        return "gpu_oom"
-    return "error"
+        return Reason.GPU_OOM
+    return Reason.ERROR
 
 
 def run_worker(connection: Connection, request: WorkerRequest, parent_pid: int) -> None:
@@ -95,7 +93,7 @@ def run_worker(connection: Connection, request: WorkerRequest, parent_pid: int) 
                 connection.send(Epoch(epoch, dict(metrics)))
                 reply = connection.recv()
             except (EOFError, OSError):
-                return COORDINATOR_GONE
+                return Reason.COORDINATOR_GONE
             return reply.reason if isinstance(reply, Stop) else None
 
         injected = faults_for(request.trial_number)

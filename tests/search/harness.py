@@ -15,7 +15,8 @@ import optuna
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from search.budget import RETRY_OF, budget
+from search.budget import budget
+from search.vocabulary import TrialAttr
 from tests.conftest import REPO
 
 
@@ -120,7 +121,11 @@ class Snapshot:
         return {n: self.values[n] for n, s in self.states.items() if s == TrialState.COMPLETE}
 
     def retried(self) -> set[int]:
-        return {int(attrs[RETRY_OF]) for attrs in self.user_attrs.values() if RETRY_OF in attrs}  # type: ignore[call-overload]
+        return {
+            int(attrs[TrialAttr.RETRY_OF])
+            for attrs in self.user_attrs.values()
+            if TrialAttr.RETRY_OF in attrs
+        }  # type: ignore[call-overload]
 
     def with_reason(self, reason: str) -> list[int]:
         return [
@@ -170,8 +175,8 @@ def check_final_invariants(final: Snapshot, target: int) -> None:
         assert final.states[number] == TrialState.FAIL
     retries_of: dict[int, list[int]] = {}
     for number, attrs in final.user_attrs.items():
-        if RETRY_OF in attrs:
-            retries_of.setdefault(int(attrs[RETRY_OF]), []).append(number)  # type: ignore[call-overload]
+        if TrialAttr.RETRY_OF in attrs:
+            retries_of.setdefault(int(attrs[TrialAttr.RETRY_OF]), []).append(number)  # type: ignore[call-overload]
     for original, retries in retries_of.items():
         chain = [original, *retries]
         finished_ok = [

@@ -10,7 +10,7 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from search.analysis import strategy_table, trials_frame, unfrozen_units
-from search.outcomes import CONFIG_YAML
+from search.vocabulary import TrialAttr
 from tests.conftest import small_config_dict
 from trainers.config import TrainConfig
 
@@ -41,7 +41,7 @@ def _trial(
         value=value,
         params=params,
         distributions=distributions,
-        user_attrs={} if config_yaml is None else {CONFIG_YAML: config_yaml},
+        user_attrs={} if config_yaml is None else {TrialAttr.CONFIG_YAML: config_yaml},
     )
 
 

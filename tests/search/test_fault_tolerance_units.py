@@ -12,14 +12,16 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.budget import RETRY_OF, StudyLock, budget, is_retried
+from search.budget import budget, is_retried
+from search.closing import Ending, TrialCloser, Verdict
 from search.faults import Fault, parse_faults
 from search.liveness import Liveness
-from search.outcomes import COORDINATOR, STALE
 from search.retry import RetryPolicy, enqueue_retry
 from search.slots import SlotError, detect_gpus, parse_gpus, worker_environments
 from search.storage import make_storage
+from search.study_lock import StudyLock
 from search.tracking import StudyTracker
+from search.vocabulary import Reason, TrialAttr
 
 
 def test_retry_policy_retries_infrastructure_failures_only() -> None:
@@ -50,7 +52,10 @@ def test_budget_counts_a_retried_failure_once() -> None:
     # The crash is replaced by its queued retry: it does not use the budget.
     assert budget(study, 3) == budget(study, 3).__class__(used=1, running=0, target=3)
     retry = study.ask()
-    assert retry.user_attrs[RETRY_OF] == crashed.number and retry.user_attrs["retry_count"] == 1
+    assert (
+        retry.user_attrs[TrialAttr.RETRY_OF] == crashed.number
+        and retry.user_attrs["retry_count"] == 1
+    )
     assert budget(study, 3).running == 1 and budget(study, 3).remaining == 1
     # An interrupted re-run is queued again without spending one of its retries.
     enqueue_retry(
@@ -151,7 +156,7 @@ def test_a_sweep_fails_dead_peers_trials_but_never_its_own(tmp_path: Path) -> No
     )
     peer = _ask(study)
     storage.record_heartbeat(peer._trial_id)
-    peer.set_user_attr(COORDINATOR, "peer-host:1")
+    peer.set_user_attr(TrialAttr.COORDINATOR, "peer-host:1")
     ours = _ask(study)
     liveness.claim(ours, "this-host:2")
     unclaimed = _ask(study)  # its coordinator died inside ask(): no heartbeat, no claim
@@ -175,7 +180,13 @@ def test_a_sweep_requeues_a_stale_failure_whose_sweeper_died(tmp_path: Path) -> 
     storage.set_trial_state_values(orphan._trial_id, TrialState.FAIL)
 
     def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        enqueue_retry(study, number=trial.number, params=trial.params, user_attrs={}, reason=STALE)
+        enqueue_retry(
+            study,
+            number=trial.number,
+            params=trial.params,
+            user_attrs={},
+            reason=Reason.STALE_HEARTBEAT,
+        )
 
     liveness = Liveness(
         storage,
@@ -191,16 +202,19 @@ def test_a_sweep_requeues_a_stale_failure_whose_sweeper_died(tmp_path: Path) -> 
         liveness.sweep(study)
     # Re-queued once, with the same parameters, and not again by the second sweep.
     waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert len(waiting) == 1 and waiting[0].user_attrs[RETRY_OF] == orphan.number
+    assert len(waiting) == 1 and waiting[0].user_attrs[TrialAttr.RETRY_OF] == orphan.number
     assert _ask(study).params == orphan.params
 
 
 def test_a_dead_trial_gets_exactly_one_closed_mlflow_run(tmp_path: Path) -> None:
     tracker = StudyTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "s", storage="test")
+    study = optuna.create_study(direction="maximize")
+    closer = TrialCloser(study, tracker, RetryPolicy(retries=0), log=lambda _: None, started_at=0)
     running = tracker.start_trial(1, {"head_lr": 0.01}, config=None)
     # Trial 1's coordinator died mid-training; trial 2's died before it created the run.
-    tracker.close_dead_trial_run(1, {"head_lr": 0.01}, STALE)
-    tracker.close_dead_trial_run(2, {"head_lr": 0.02}, STALE)
+    stale = Verdict(TrialState.FAIL, Reason.STALE_HEARTBEAT, "its coordinator stopped")
+    closer.close(None, Ending(1, {"head_lr": 0.01}, {}, stale))
+    closer.close(None, Ending(2, {"head_lr": 0.02}, {}, stale))
     runs = tracker.client.search_runs(
         [tracker.experiment_id], "tags.`finetune_search.role` = 'trial'"
     )
@@ -208,8 +222,11 @@ def test_a_dead_trial_gets_exactly_one_closed_mlflow_run(tmp_path: Path) -> None
     assert sorted(by_trial) == ["1", "2"] and len(runs) == 2
     assert by_trial["1"].info.run_id == running
     for run in runs:
-        assert run.info.status == "FAILED" and run.data.tags["fail_reason"] == STALE
+        assert run.info.status == "FAILED"
+        assert run.data.tags["fail_reason"] == Reason.STALE_HEARTBEAT
     assert by_trial["2"].data.params["head_lr"] == "0.02"
+    # A peer's dead trial is not this coordinator's failure streak.
+    assert closer.consecutive_failures == 0
 
 
 def test_fault_plans_parse_and_reject_typos() -> None:

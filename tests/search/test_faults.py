@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from search.budget import RETRY_OF
 from search.coordinator import run_study
 from search.retry import StudyStoppedError
+from search.vocabulary import TrialAttr
 from tests.conftest import REPO
 from tests.search.harness import (
     CoordinatorProcess,
@@ -105,7 +105,7 @@ def test_random_kills_and_injected_faults_lose_no_trial(tmp_path: Path) -> None:
     check_final_invariants(final, TARGET)
     # Every interrupted trial was re-run exactly once with the same parameters.
     for number in [*[n for n in orphaned if n in final.retried()], *interrupted]:
-        reruns = [n for n, a in final.user_attrs.items() if a.get(RETRY_OF) == number]
+        reruns = [n for n, a in final.user_attrs.items() if a.get(TrialAttr.RETRY_OF) == number]
         assert len(reruns) == 1 and final.params[reruns[0]] == final.params[number]
 
     completed = len(final.completed())

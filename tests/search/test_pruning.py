@@ -10,13 +10,11 @@ import pytest
 from optuna.trial import TrialState
 
 from search.pruning import (
-    EPOCHS_ATTR,
-    NUM_CLASSES_ATTR,
-    UNFREEZING_PHASES_ATTR,
-    CollapsePruner,
     CollapseRules,
     EpochView,
     collapse_reason,
+    optuna_reason,
+    pruner_name,
 )
 
 
@@ -134,44 +132,46 @@ def test_invalid_thresholds_are_rejected_with_their_name(bad: dict[str, float]) 
         CollapseRules(**bad)  # type: ignore[arg-type]
 
 
-def _report(
-    study: optuna.Study, trial: optuna.Trial, accuracies: Sequence[float], classes: int
-) -> None:
-    records = []
+def _report(trial: optuna.Trial, accuracies: Sequence[float]) -> None:
     for epoch, accuracy in enumerate(accuracies, start=1):
         trial.report(accuracy, step=epoch)
-        records.append(
-            {"epoch": epoch, "phase": 1, "loss": 1.0, "val_loss": 1.0, "val_accuracy": accuracy}
-        )
-    trial.set_user_attr(EPOCHS_ATTR, records)
-    trial.set_user_attr(NUM_CLASSES_ATTR, classes)
-    trial.set_user_attr(UNFREEZING_PHASES_ATTR, [])
 
 
 def _frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
-def test_pruner_reads_trial_attributes_and_defers_to_the_median_pruner() -> None:
-    pruner = CollapsePruner(optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
-    study = optuna.create_study(direction="maximize", pruner=pruner)
+def test_the_studys_own_optuna_pruner_decides_after_the_collapse_rules() -> None:
+    study = optuna.create_study(
+        direction="maximize",
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+    )
     for _ in range(2):
         good = study.ask()
-        _report(study, good, [0.8, 0.85, 0.9], classes=10)
+        _report(good, [0.8, 0.85, 0.9])
         study.tell(good, 0.9)
-    # Healthy by the collapse rules but far below the other trials: the median pruner's call.
+    # Healthy by the collapse rules but far below the other trials: the median pruner's call,
+    # recorded under its name.
     weak = study.ask()
-    _report(study, weak, [0.3, 0.32], classes=10)
-    decision = pruner.decide(study, _frozen(study, weak.number))
-    assert decision is not None and decision.reason == "median"
-    assert pruner.prune(study, _frozen(study, weak.number))
-    # Stuck at chance: the collapse rule fires first and says so.
-    stuck = study.ask()
-    _report(study, stuck, [0.10, 0.10], classes=10)
-    decision = pruner.decide(study, _frozen(study, stuck.number))
-    assert decision is not None and decision.reason == "chance"
+    _report(weak, [0.3, 0.32])
+    assert collapse_reason(curve([0.3, 0.32]), num_classes=10) is None
+    assert optuna_reason(study, _frozen(study, weak.number)) == "median"
     # A trial as good as the others continues.
     fine = study.ask()
-    _report(study, fine, [0.8, 0.86], classes=10)
-    assert pruner.decide(study, _frozen(study, fine.number)) is None
+    _report(fine, [0.8, 0.86])
+    assert optuna_reason(study, _frozen(study, fine.number)) is None
+    # A trial with no reported epoch yet is never asked about.
+    assert optuna_reason(study, _frozen(study, study.ask().number)) is None
     assert {t.state for t in study.get_trials()} == {TrialState.COMPLETE, TrialState.RUNNING}
+
+
+def test_pruner_names_are_the_reasons_users_filter_on() -> None:
+    assert pruner_name(optuna.pruners.MedianPruner()) == "median"
+    assert pruner_name(optuna.pruners.HyperbandPruner()) == "hyperband"
+
+
+def test_nan_is_decided_before_the_number_of_classes_is_known() -> None:
+    # The worker reports its first epoch only after loading the data, but a rule that needs
+    # chance must never hide a non-finite value.
+    assert collapse_reason([EpochView(1, 1, math.nan, 0.5, 1.0)], num_classes=0) == "nan"
+    assert collapse_reason(curve([0.1, 0.1]), num_classes=0) is None

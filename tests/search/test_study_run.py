@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from search.coordinator import StudySummary, run_study
 from search.export import best_config, write_export
-from search.outcomes import BEST_EPOCH, CONFIG_YAML, FAIL_DETAIL, FAIL_REASON, PRUNE_REASON
+from search.vocabulary import TrialAttr
 from tests.search.tiny_study import enqueued, settings, tiny_spec
 from trainers.config import TrainConfig, load_config
 
@@ -77,17 +77,17 @@ def test_trial_states_and_reasons(finished_study: dict[str, Any]) -> None:
     # The objective is the best validation accuracy over all epochs, not the last.
     assert complete.value == max(complete.intermediate_values.values())
     assert sorted(complete.intermediate_values) == [1, 2, 3]
-    assert complete.user_attrs[BEST_EPOCH] in (1, 2, 3)
+    assert complete.user_attrs[TrialAttr.BEST_EPOCH] in (1, 2, 3)
 
     at_chance = _trial(study, 1)
     assert at_chance.state == TrialState.PRUNED
-    assert at_chance.user_attrs[PRUNE_REASON] == "chance"
+    assert at_chance.user_attrs[TrialAttr.PRUNE_REASON] == "chance"
     assert at_chance.value is not None and at_chance.value == at_chance.value  # never NaN
 
     bad_file = _trial(study, 2)
     assert bad_file.state == TrialState.FAIL
-    assert bad_file.user_attrs[FAIL_REASON] == "input"
-    assert "no such weights file" in bad_file.user_attrs[FAIL_DETAIL]
+    assert bad_file.user_attrs[TrialAttr.FAIL_REASON] == "input"
+    assert "no such weights file" in bad_file.user_attrs[TrialAttr.FAIL_DETAIL]
 
 
 def test_a_crashed_worker_fails_its_trial_and_the_study_goes_on(
@@ -97,8 +97,8 @@ def test_a_crashed_worker_fails_its_trial_and_the_study_goes_on(
     assert finished_study["hook"].killed_pid is not None
     crashed = _trial(study, 3)
     assert crashed.state == TrialState.FAIL
-    assert crashed.user_attrs[FAIL_REASON] == "worker_died"
-    assert "killed by SIGKILL" in crashed.user_attrs[FAIL_DETAIL]
+    assert crashed.user_attrs[TrialAttr.FAIL_REASON] == "worker_died"
+    assert "killed by SIGKILL" in crashed.user_attrs[TrialAttr.FAIL_DETAIL]
     # An infrastructure failure: re-run once with the same parameters, then the study went on.
     retry = _trial(study, 4)
     assert retry.user_attrs["retry_of"] == 3 and retry.params == crashed.params
@@ -159,12 +159,12 @@ def test_export_equals_the_config_the_trial_trained_with(finished_study: dict[st
     trained_file = client.download_artifacts(run_id, "config.yaml", str(folder))
     trained = TrainConfig.from_yaml(Path(trained_file).read_text())
     assert exported.without_provenance() == trained
-    assert TrainConfig.from_yaml(best.user_attrs[CONFIG_YAML]) == trained
+    assert TrainConfig.from_yaml(best.user_attrs[TrialAttr.CONFIG_YAML]) == trained
     assert exported.provenance is not None
     assert exported.provenance.study == "tiny"
     assert exported.provenance.trial_number == best.number
     assert exported.provenance.value == best.value
-    assert exported.provenance.best_epoch == best.user_attrs[BEST_EPOCH]
+    assert exported.provenance.best_epoch == best.user_attrs[TrialAttr.BEST_EPOCH]
     written = write_export(exported, folder / "exports" / "best.yaml")
     # The file loads as a trainer config, provenance and all.
     assert load_config(written) == exported

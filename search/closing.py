@@ -1,0 +1,206 @@
+"""Closing a trial: the one path every end of a trial takes, whatever ended it.
+
+A trial ends in one of four ways: its worker finished, failed, died or was stopped (the usual
+way); its config could not be built (it never reached a worker); a peer coordinator found its
+coordinator dead and failed it as stale; or a peer did so while it still ran here, and this copy
+is dropped. Each becomes an `Ending`, and `TrialCloser` does the rest in two steps:
+
+- `record`: the storage side. Reason attributes, the re-run of a retryable failure (queued
+  *before* the trial is told FAIL, so no coordinator sees a gap in the budget), and the tell.
+  Callers hold the study lock when peers may touch the same trial.
+- `publish`: the MLflow run closed with the same state, reason tags, metrics and files, the
+  failure streak, and the printed line.
+
+`close` does both at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.budget import is_retried
+from search.reporting import finished_line
+from search.retry import RetryPolicy, enqueue_retry
+from search.tracking import StudyTracker
+from search.vocabulary import Reason, TrialAttr
+from trainers.history import TrainingHistory
+from trainers.plots import plot_learning_curves
+
+Log = Callable[[str], None]
+
+#: Longest fail detail kept as a user attribute (the MLflow tag keeps up to 5000 characters).
+MAX_DETAIL_ATTR = 2000
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How a trial ended: its final state, the reason (pruned or failed) and the value."""
+
+    state: TrialState
+    reason: str = ""
+    detail: str = ""
+    value: float | None = None
+
+
+@dataclass(frozen=True)
+class Ending:
+    """Everything needed to close one trial."""
+
+    number: int
+    params: Mapping[str, Any]
+    user_attrs: Mapping[str, Any]
+    verdict: Verdict
+    #: Its MLflow run; None closes every run the trial left open, or creates one if it has
+    #: none (a trial that never reached a worker, or whose coordinator died first).
+    run_id: str | None = None
+    best_epoch: int | None = None
+    epochs_run: int = 0
+    files: Sequence[Path] = ()
+    seconds: float = 0.0
+
+    @property
+    def result(self) -> str:
+        """The printed outcome: value and best epoch, prune reason, or fail reason and detail."""
+        verdict = self.verdict
+        if verdict.state == TrialState.COMPLETE:
+            return f"{verdict.value:.4f} (epoch {self.best_epoch})"
+        if verdict.state == TrialState.PRUNED:
+            return f"{verdict.reason} at epoch {self.epochs_run}"
+        return f"{verdict.reason}: {verdict.detail}"[:120]
+
+
+def trial_files(folder: Path, config_yaml: str, history: TrainingHistory, title: str) -> list[Path]:
+    """Write a trial's artifacts to `folder`: its config, and its history and learning curves
+    when it trained at least one epoch. The worker's log is already there."""
+    config_file = folder / "config.yaml"
+    config_file.write_text(config_yaml)
+    files = [config_file, folder / "worker.log"]
+    if len(history):
+        files.append(history.to_csv(folder / "history.csv"))
+        files.append(plot_learning_curves(history, folder / "learning_curves.png", title=title))
+    return files
+
+
+class TrialCloser:
+    """Closes trials for one coordinator, and keeps its streak of failed trials."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        tracker: StudyTracker,
+        retry: RetryPolicy,
+        *,
+        log: Log,
+        started_at: float,
+    ) -> None:
+        self.study = study
+        self.tracker = tracker
+        self.retry = retry
+        self.log = log
+        self.started_at = started_at
+        self.consecutive_failures = 0
+        self.last_failure = ""
+
+    def close(self, trial: optuna.Trial | None, ending: Ending) -> None:
+        self.publish(ending, retried=self.record(trial, ending))
+
+    def record(self, trial: optuna.Trial | None, ending: Ending) -> bool:
+        """Tell `trial` (None: already finished in the storage, by a sweep or a peer) and queue
+        the re-run of a retryable failure; whether it was queued."""
+        verdict = ending.verdict
+        retried = verdict.state == TrialState.FAIL and self._retry_if_allowed(ending)
+        if trial is None:
+            return retried
+        if verdict.state == TrialState.COMPLETE:
+            assert verdict.value is not None
+            trial.set_user_attr(TrialAttr.BEST_EPOCH, ending.best_epoch)
+            self.study.tell(trial, verdict.value)
+        elif verdict.state == TrialState.PRUNED:
+            trial.set_user_attr(TrialAttr.PRUNE_REASON, verdict.reason)
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            trial.set_user_attr(TrialAttr.FAIL_REASON, verdict.reason)
+            trial.set_user_attr(TrialAttr.FAIL_DETAIL, verdict.detail[:MAX_DETAIL_ATTR])
+            self.study.tell(trial, state=TrialState.FAIL)
+        return retried
+
+    def publish(self, ending: Ending, *, retried: bool) -> None:
+        """Close the trial's MLflow run(s), count the outcome and print the line."""
+        verdict = ending.verdict
+        tags: dict[str, str] = {}
+        metrics: dict[str, float] = {}
+        if verdict.state == TrialState.COMPLETE:
+            assert verdict.value is not None
+            metrics = {"objective": verdict.value, "best_epoch": float(ending.best_epoch or 0)}
+        elif verdict.state == TrialState.PRUNED:
+            tags = {TrialAttr.PRUNE_REASON: verdict.reason}
+        else:
+            tags = {
+                TrialAttr.FAIL_REASON: verdict.reason,
+                TrialAttr.FAIL_DETAIL: verdict.detail,
+                TrialAttr.RETRIED: str(retried),
+            }
+        run_ids = (
+            [ending.run_id]
+            if ending.run_id is not None
+            else self.tracker.runs_to_close(ending.number, ending.params)
+        )
+        for run_id in run_ids:
+            self.tracker.finish_trial(
+                run_id,
+                state=verdict.state.name,
+                tags=tags,
+                metrics=metrics,
+                files=ending.files,
+                killed=verdict.reason == Reason.INTERRUPTED,
+            )
+        if verdict.reason == Reason.TAKEN_OVER:
+            self.log(f"trial {ending.number:>3} dropped: another coordinator took it over")
+            return
+        self._count(ending)
+        elapsed = time.monotonic() - self.started_at
+        self.log(
+            finished_line(
+                ending.number, verdict.state, ending.result, self.study, ending.seconds, elapsed
+            )
+        )
+
+    def needs_rerun(self, trial: FrozenTrial) -> bool:
+        """Whether a trial failed as stale still lacks the re-run the policy wants for it (its
+        sweeper died before queueing one)."""
+        return self.retry.should_retry(Reason.STALE_HEARTBEAT, trial.user_attrs) and not (
+            is_retried(self.study, trial.number)
+        )
+
+    def _retry_if_allowed(self, ending: Ending) -> bool:
+        if not self.retry.should_retry(ending.verdict.reason, ending.user_attrs):
+            return False
+        if is_retried(self.study, ending.number):
+            return True  # a coordinator that died between queueing and telling did it already
+        enqueue_retry(
+            self.study,
+            number=ending.number,
+            params=ending.params,
+            user_attrs=ending.user_attrs,
+            reason=ending.verdict.reason,
+        )
+        return True
+
+    def _count(self, ending: Ending) -> None:
+        # Only this coordinator's own trials make its streak: a dead peer's trial says nothing
+        # about the configs this one runs.
+        if ending.verdict.reason == Reason.STALE_HEARTBEAT:
+            return
+        if ending.verdict.state == TrialState.FAIL:
+            self.consecutive_failures += 1
+            verdict = ending.verdict
+            self.last_failure = f"trial {ending.number}: {verdict.reason}: {verdict.detail}"[:300]
+        else:
+            self.consecutive_failures = 0

@@ -1,0 +1,73 @@
+"""The words a study stores: why trials end, and the keys of trial and study attributes.
+
+Every reason and attribute key the search writes to Optuna or MLflow is defined here and only
+here, so that the runner, the pruner, the retry policy, the analysis and the tests agree on
+them. Both enums are `StrEnum`s: a member *is* its string, so it can be stored, compared with
+what the storage returns, and used as a dictionary key or an MLflow tag as it is.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a trial stopped early or failed (user attribute `prune_reason` or `fail_reason`,
+    and the MLflow tag of the same name)."""
+
+    # Pruned by the collapse rules (search/pruning.py).
+    NAN = "nan"
+    CHANCE = "chance"
+    UNFREEZE_SHOCK = "unfreeze_shock"
+    COLLAPSE = "collapse"
+    # Failed in the worker (search/worker.py).
+    INPUT = "input"
+    GPU_OOM = "gpu_oom"
+    HOST_OOM = "host_oom"
+    ERROR = "error"
+    # Failed by the coordinator.
+    WORKER_DIED = "worker_died"
+    #: Its coordinator stopped heart-beating (killed, machine lost); failed by a peer's sweep.
+    STALE_HEARTBEAT = "stale_heartbeat"
+    #: Stopped on purpose (Ctrl-C, SIGTERM, the study stopped).
+    INTERRUPTED = "interrupted"
+    #: A peer failed the trial as stale while it still ran here; this copy is dropped.
+    TAKEN_OVER = "taken_over"
+    #: What a worker tells its trainer when the coordinator is gone.
+    COORDINATOR_GONE = "coordinator_gone"
+
+
+class TrialAttr(StrEnum):
+    """Keys of trial user attributes (the reasons are also MLflow tag keys)."""
+
+    PRUNE_REASON = "prune_reason"
+    FAIL_REASON = "fail_reason"
+    FAIL_DETAIL = "fail_detail"
+    BEST_EPOCH = "best_epoch"
+    #: The resolved config, exactly as the worker trained it; `search.export` writes it out.
+    CONFIG_YAML = "config_yaml"
+    MLFLOW_RUN_ID = "mlflow_run_id"
+    #: host:pid of the coordinator that runs the trial.
+    COORDINATOR = "coordinator"
+    #: Label of a known configuration the study enqueued.
+    ENQUEUED = "enqueued"
+    TRAIN_IMAGES = "train_images"
+    VALIDATION_IMAGES = "validation_images"
+    #: The trial this one re-runs with the same parameters, and how often it was re-run.
+    RETRY_OF = "retry_of"
+    RETRY_COUNT = "retry_count"
+    RETRY_REASON = "retry_reason"
+    #: MLflow tag only: whether a failed trial was queued again.
+    RETRIED = "retried"
+
+
+class StudyAttr(StrEnum):
+    """Keys of study user attributes."""
+
+    #: The data source the study was started with; a resume must use the same.
+    DATA_SOURCE = "data_source"
+
+
+#: Sampled parameters renamed since studies were first stored, old name -> current name: a
+#: study that still uses an old name is analysed and exported, but not resumed.
+RENAMED_PARAMS = {"unfreeze_blocks": "unfreeze_level"}
