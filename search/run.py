@@ -21,11 +21,13 @@ from pathlib import Path
 
 import optuna
 
+from search.active_trial import WorkerEntry
 from search.coordinator import RunSettings, StudyMismatchError, run_study
 from search.retry import RetryPolicy, StudyStoppedError
 from search.slots import SlotError, detect_gpus, parse_gpus, worker_environments
 from search.storage import DEFAULT_STORAGE, StorageError, check_storage_url, redact
 from search.studies import STUDIES, StudySpec, UnknownStudyError, get_study_spec
+from search.worker import run_worker
 from trainers.errors import ModelBuildError, TrainerInputError
 from trainers.image_folder import scan_image_folder
 from trainers.outputs import ensure_writable_folder
@@ -176,7 +178,8 @@ def _hide_password(argument: str) -> str:
     return redact(argument)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, worker: WorkerEntry = run_worker) -> int:
+    """The command line; `worker` is what each trial's process runs (tests script it)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     args = _parse(arguments)
     # The runner prints its own lines; Optuna's INFO log would repeat them.
@@ -188,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        summary = run_study(get_study_spec(name), settings)
+        summary = run_study(get_study_spec(name), settings, worker=worker)
     except StudyMismatchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -24,8 +24,14 @@ class CoordinatorProcess:
     """A coordinator subprocess whose output is read line by line."""
 
     def __init__(
-        self, args: list[str], cwd: Path, environment: dict[str, str] | None = None
+        self,
+        args: list[str],
+        cwd: Path,
+        environment: dict[str, str] | None = None,
+        *,
+        module: str = "search.run",
     ) -> None:
+        """`module` is search.run, or tests.search.scripted_run for scripted workers."""
         env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
@@ -36,7 +42,7 @@ class CoordinatorProcess:
         env.update(environment or {})
         self.lines: list[str] = []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "search.run", *args],
+            [sys.executable, "-m", module, *args],
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,

@@ -1,7 +1,10 @@
 """Three coordinators x two workers share one study on PostgreSQL and one MLflow server.
 
 Each coordinator stands for a host: its own process, output folder and worker pool, meeting
-the others only through the Optuna storage and the MLflow tracking server. The test creates
+the others only through the Optuna storage and the MLflow tracking server. The coordinators
+are the real command; their workers play scripted epochs (tests/search/scripted_run.py), since
+what is tested is how coordinators share a study, not training (test_faults and
+test_study_run train for real). The test creates
 and drops its own databases on the server at FINETUNE_SEARCH_POSTGRES_URL (default
 postgresql://postgres@127.0.0.1:5432/test).
 """
@@ -158,6 +161,7 @@ def test_three_coordinators_share_one_postgresql_study(
                 "30",
             ],
             tmp_path,
+            module="tests.search.scripted_run",
         )
         for index in range(3)
     ]

@@ -1,0 +1,90 @@
+"""A scripted stand-in for the trial worker: reports given epochs through the real protocol.
+
+The coordinator spawns it exactly as it spawns `search.worker.run_worker` (a fresh process, the
+same pipe, the same messages), but instead of training a Keras model it plays a script: these
+validation accuracies, then finish; or NaN at epoch 2; or die at epoch 1; or fail with a given
+reason. It imports no TensorFlow, so a coordinator test runs in seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+from search.protocol import Epoch, Failed, Finished, Started, Stop, WorkerRequest
+from search.vocabulary import Reason
+from trainers.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Script:
+    """What one trial's worker does."""
+
+    #: Validation accuracy of each epoch, in order, up to the config's epochs; NaN makes that
+    #: epoch's loss NaN too.
+    accuracies: tuple[float, ...] = (0.5, 0.7, 0.8)
+    #: Phase of each epoch (default: all phase 1).
+    phases: tuple[int, ...] = ()
+    #: Training loss of each epoch (default: slowly falling).
+    losses: tuple[float, ...] = ()
+    num_classes: int = 4
+    #: After reporting this epoch, SIGKILL itself (the OOM killer, a lost node).
+    die_after: int | None = None
+    #: After reporting `fail_after` epochs, fail the way the real worker reports an exception.
+    fail: Reason | None = None
+    fail_after: int = 0
+    #: Seconds each epoch "trains", so a test can act while the trial runs.
+    seconds_per_epoch: float = 0.0
+
+    def metrics(self, index: int) -> dict[str, float]:
+        accuracy = self.accuracies[index]
+        loss = self.losses[index] if self.losses else 1.0 - 0.05 * index
+        return {
+            "phase": float(self.phases[index] if self.phases else 1),
+            "loss": math.nan if math.isnan(accuracy) else loss,
+            "accuracy": accuracy,
+            "val_loss": math.nan if math.isnan(accuracy) else loss,
+            "val_accuracy": accuracy,
+        }
+
+
+@dataclass(frozen=True)
+class ScriptedWorker:
+    """Plays `scripts[trial number]` (or `default`) in the spawned worker process."""
+
+    scripts: Mapping[int, Script] = field(default_factory=dict)
+    default: Script = Script()
+
+    def __call__(self, connection: Connection, request: WorkerRequest, parent_pid: int) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # as the real worker: the coordinator decides
+        script = self.scripts.get(request.trial_number, self.default)
+        with open(request.log_path, "a", encoding="utf-8") as log:  # as the real worker's log
+            log.write(f"trial {request.trial_number}: scripted worker pid {os.getpid()}\n")
+        try:
+            connection.send(Started(script.num_classes, 32, 8, request.config_yaml))
+            epochs = TrainConfig.from_yaml(request.config_yaml).total_epochs
+            for index in range(min(epochs, len(script.accuracies))):
+                if script.fail is not None and index == script.fail_after:
+                    connection.send(Failed(script.fail, f"scripted {script.fail}"))
+                    return
+                time.sleep(script.seconds_per_epoch)
+                connection.send(Epoch(index + 1, script.metrics(index)))
+                reply = connection.recv()
+                if script.die_after == index + 1:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if isinstance(reply, Stop):
+                    connection.send(Finished("requested", reply.reason))
+                    return
+            if script.fail is not None:
+                connection.send(Failed(script.fail, f"scripted {script.fail}"))
+                return
+            connection.send(Finished("completed", None))
+        except (EOFError, OSError):
+            pass  # the coordinator is gone
+        finally:
+            connection.close()
