@@ -41,8 +41,6 @@ class ActiveTrial:
     started: float = field(default_factory=time.monotonic)
     #: Every metric of every epoch, as the worker reported them.
     records: list[dict[str, float]] = field(default_factory=list)
-    #: The same epochs, as the collapse rules read them.
-    epochs: list[EpochView] = field(default_factory=list)
     #: Known once the worker has loaded the data; 0 before.
     num_classes: int = 0
     worker_config_yaml: str | None = None
@@ -57,6 +55,11 @@ class ActiveTrial:
     @property
     def history(self) -> TrainingHistory:
         return TrainingHistory.from_records(self.records)
+
+    @property
+    def epoch_views(self) -> list[EpochView]:
+        """The epochs so far, as the collapse rules read them."""
+        return [EpochView.from_metrics(int(record["epoch"]), record) for record in self.records]
 
     @property
     def unfreezing_phases(self) -> list[int]:

@@ -17,7 +17,7 @@ is dropped. Each becomes an `Ending`, and `TrialCloser` does the rest in two ste
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +26,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.budget import is_retried
-from search.reporting import finished_line
+from search.reporting import Log, finished_line
 from search.retry import RetryPolicy, enqueue_retry
 from search.tracking import StudyTracker
 from search.vocabulary import Reason, TrialAttr
 from trainers.history import TrainingHistory
 from trainers.plots import plot_learning_curves
-
-Log = Callable[[str], None]
 
 #: Longest fail detail kept as a user attribute (the MLflow tag keeps up to 5000 characters).
 MAX_DETAIL_ATTR = 2000
@@ -65,14 +63,17 @@ class Ending:
     files: Sequence[Path] = ()
     seconds: float = 0.0
 
-    @property
-    def result(self) -> str:
-        """The printed outcome: value and best epoch, prune reason, or fail reason and detail."""
+    def result(self, *, retried: bool) -> str:
+        """The printed outcome: value and best epoch, prune reason, or fail reason and detail
+        (a dead peer's trial also says whether it runs again)."""
         verdict = self.verdict
         if verdict.state == TrialState.COMPLETE:
             return f"{verdict.value:.4f} (epoch {self.best_epoch})"
         if verdict.state == TrialState.PRUNED:
             return f"{verdict.reason} at epoch {self.epochs_run}"
+        if verdict.reason == Reason.STALE_HEARTBEAT:
+            again = "re-running it" if retried else "not retried"
+            return f"{verdict.reason}: {verdict.detail}; {again}"
         return f"{verdict.reason}: {verdict.detail}"[:120]
 
 
@@ -141,6 +142,9 @@ class TrialCloser:
             metrics = {"objective": verdict.value, "best_epoch": float(ending.best_epoch or 0)}
         elif verdict.state == TrialState.PRUNED:
             tags = {TrialAttr.PRUNE_REASON: verdict.reason}
+        elif verdict.reason == Reason.TAKEN_OVER:
+            # The peer that took it over queued its re-run; this run only says why it ended.
+            tags = {TrialAttr.FAIL_REASON: verdict.reason}
         else:
             tags = {
                 TrialAttr.FAIL_REASON: verdict.reason,
@@ -166,10 +170,9 @@ class TrialCloser:
             return
         self._count(ending)
         elapsed = time.monotonic() - self.started_at
+        result = ending.result(retried=retried)
         self.log(
-            finished_line(
-                ending.number, verdict.state, ending.result, self.study, ending.seconds, elapsed
-            )
+            finished_line(ending.number, verdict.state, result, self.study, ending.seconds, elapsed)
         )
 
     def needs_rerun(self, trial: FrozenTrial) -> bool:

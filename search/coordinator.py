@@ -18,10 +18,8 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from multiprocessing.connection import wait
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -41,44 +39,18 @@ from search.protocol import (
     WorkerMessage,
     WorkerRequest,
 )
-from search.pruning import EpochView, collapse_reason, optuna_reason
-from search.reporting import StudySummary, epoch_line, finish_study
-from search.retry import RetryPolicy, StudyStoppedError
+from search.pruning import collapse_reason, optuna_reason
+from search.reporting import Log, StudySummary, epoch_line, finish_study
+from search.retry import StudyStoppedError
 from search.stop_signals import StopSignals
-from search.storage import make_storage, redact
+from search.storage import redact
 from search.studies import StudySpec
 from search.study_lock import StudyLock
+from search.study_setup import RunSettings, open_study
 from search.tracking import StudyTracker
-from search.vocabulary import RENAMED_PARAMS, Reason, StudyAttr, TrialAttr
+from search.vocabulary import Reason, TrialAttr
 from search.worker import run_worker
 from trainers.errors import TrainerInputError
-
-Log = Callable[[str], None]
-
-
-class StudyMismatchError(ValueError):
-    """The command does not match the study it would continue; reported as one line."""
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """How to run a study; every field has a CLI flag in `search.run`."""
-
-    n_trials: int
-    storage: str
-    data_source: str
-    tracking_uri: str
-    output_dir: Path
-    timeout: float | None = None
-    #: Concurrent worker processes; each gets its own entry of `worker_environments`.
-    workers: int = 1
-    #: Per-slot environment, e.g. CUDA_VISIBLE_DEVICES pinning slot i to GPU i.
-    worker_environments: tuple[dict[str, str], ...] = ()
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    #: Seconds between heartbeats of running trials; a trial whose coordinator has been silent
-    #: for `grace_period` seconds is failed and re-run (Optuna's RDB heartbeat).
-    heartbeat_interval: int = 10
-    grace_period: int = 60
 
 
 def _print(message: str) -> None:
@@ -87,18 +59,6 @@ def _print(message: str) -> None:
 
 def _seconds_between(start: datetime.datetime | None, end: datetime.datetime | None) -> float:
     return (end - start).total_seconds() if start is not None and end is not None else 0.0
-
-
-def _renamed_params_in(study: optuna.Study) -> list[str]:
-    """Old names of renamed parameters that the study's trials (queued ones too) still use."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # system_attrs is deprecated for users, not for this
-        used = {
-            name
-            for trial in study.get_trials(deepcopy=False)
-            for name in (*trial.params, *trial.system_attrs.get("fixed_params", {}))
-        }
-    return sorted(used & RENAMED_PARAMS.keys())
 
 
 def _short(value: Any) -> str:
@@ -126,25 +86,7 @@ class Coordinator:
         # Several coordinators may start together on a fresh database: Optuna's table creation,
         # the study, its enqueued trials and the MLflow parent run are made by one at a time.
         with self.lock.held():
-            self.storage = make_storage(
-                settings.storage,
-                heartbeat_interval=settings.heartbeat_interval,
-                grace_period=settings.grace_period,
-            )
-            existing = spec.name in optuna.get_all_study_names(self.storage)
-            # A new study draws from the spec's seed, so a fresh demo is reproducible; every
-            # later or concurrent coordinator gets its own seed, or they would all replay the
-            # same draws.
-            seed = spec.seed if not existing else hash((spec.seed, self.identity)) % 2**31
-            self.study = optuna.create_study(
-                study_name=spec.name,
-                storage=self.storage,
-                sampler=spec.make_sampler(seed),
-                pruner=spec.make_pruner(),
-                direction="maximize",
-                load_if_exists=True,
-            )
-            self._prepare_study(existing)
+            self.study, self.storage = open_study(spec, settings, identity=self.identity)
             # After the checks above, so that a refused command leaves no parent run RUNNING.
             self.tracker = StudyTracker(
                 settings.tracking_uri, spec.name, storage=self.storage_label
@@ -166,35 +108,6 @@ class Coordinator:
         self.stop_signals = StopSignals()
 
     # -- budget and trial start ---------------------------------------------------------------
-
-    def _prepare_study(self, existing: bool) -> None:
-        """Check that the command continues this study, record its data source and enqueue the
-        known configs once (under the lock)."""
-        renamed = _renamed_params_in(self.study) if existing else []
-        if renamed:
-            old = renamed[0]
-            raise StudyMismatchError(
-                f"study {self.spec.name!r} in {self.storage_label} was created before the "
-                f"parameter {old!r} was renamed {RENAMED_PARAMS[old]!r} and cannot be resumed; "
-                f"export its best trial with python -m search.export --study {self.spec.name} "
-                f"--storage {self.storage_label}, then start a new study with another --storage"
-            )
-        recorded = self.study.user_attrs.get(StudyAttr.DATA_SOURCE)
-        if existing and recorded is not None and recorded != self.settings.data_source:
-            raise StudyMismatchError(
-                f"study {self.spec.name!r} was started with data {recorded!r}, not "
-                f"{self.settings.data_source!r}; pass --data {recorded} to continue it, or use "
-                "another --storage for a new study"
-            )
-        self.study.set_user_attr(StudyAttr.DATA_SOURCE, self.settings.data_source)
-        for known in self.spec.enqueued:
-            # skip_if_exists: a coordinator that died half-way through this loop is completed
-            # by the next one, and nothing is queued twice.
-            self.study.enqueue_trial(
-                dict(known.params),
-                user_attrs={TrialAttr.ENQUEUED: known.label},
-                skip_if_exists=True,
-            )
 
     def _timed_out(self) -> bool:
         timeout = self.settings.timeout
@@ -275,12 +188,11 @@ class Coordinator:
         """Log and report one epoch; the reason to stop the trial, or None."""
         metrics = message.metrics
         active.records.append({"epoch": message.epoch, **metrics})
-        active.epochs.append(EpochView.from_metrics(message.epoch, metrics))
         self.tracker.log_epoch(active.run_id, message.epoch, metrics)
         total = active.config.total_epochs
         self.log(epoch_line(active.trial.number, message.epoch, total, metrics))
         reason = collapse_reason(
-            active.epochs,
+            active.epoch_views,
             num_classes=active.num_classes,
             unfreezing_phases=active.unfreezing_phases,
             rules=self.spec.rules,
@@ -288,7 +200,7 @@ class Coordinator:
         if reason == Reason.NAN:
             return reason  # a non-finite value never reaches the storage
         try:
-            active.trial.report(active.epochs[-1].val_accuracy, step=message.epoch)
+            active.trial.report(float(metrics["val_accuracy"]), step=message.epoch)
         except optuna.exceptions.UpdateFinishedTrialError:
             # Another coordinator failed this trial as stale (we looked dead for too long) and
             # queued its re-run; this copy stops and is not told.
@@ -320,8 +232,8 @@ class Coordinator:
             run_id=active.run_id,
             best_epoch=history.best_epoch,
             epochs_run=len(history),
-            seconds=time.monotonic() - active.started,
         )
+        taken_over, retried = False, False
         try:
             # The trial keeps its heartbeat until it is told, so that no peer takes it for dead
             # while its files are written.
@@ -331,7 +243,7 @@ class Coordinator:
                 history,
                 title=f"{self.spec.name} trial {trial.number}",
             )
-            ending = replace(ending, files=files)
+            ending = replace(ending, files=files, seconds=time.monotonic() - active.started)
             # Under the lock, which every stale sweep holds: a trial still RUNNING here cannot
             # be failed by a peer before it is told, nor its run closed twice at once.
             with self.lock.held():
@@ -433,25 +345,27 @@ class Coordinator:
     def _run_trials(self) -> None:
         """Start, watch and finish trials until the budget is used; on Ctrl-C or a failure
         streak, stop the running trials so that the stores stay consistent."""
-        try:
-            with self.stop_signals:
+        # The signals stay caught until the running trials are stopped too: a Ctrl-C (or
+        # SIGTERM) during that clean-up only sets the flag again.
+        with self.stop_signals:
+            try:
                 self._loop()
-        except KeyboardInterrupt:
-            self._stop_workers()
-            self._finish(status="KILLED")
-            raise
-        except StudyStoppedError:
-            self._stop_workers()
-            self._finish(status="FAILED")
-            raise
-        except Exception:
-            # A bug or a lost database/tracking server: keep the stores consistent if we can,
-            # so that the resume command re-runs what was running.
-            self.log("coordinator error: stopping the running trials")
-            with contextlib.suppress(Exception):
+            except KeyboardInterrupt:
+                self._stop_workers()
+                self._finish(status="KILLED")
+                raise
+            except StudyStoppedError:
                 self._stop_workers()
                 self._finish(status="FAILED")
-            raise
+                raise
+            except Exception:
+                # A bug or a lost database/tracking server: keep the stores consistent if we
+                # can, so that the resume command re-runs what was running.
+                self.log("coordinator error: stopping the running trials")
+                with contextlib.suppress(Exception):
+                    self._stop_workers()
+                    self._finish(status="FAILED")
+                raise
 
     def _loop(self) -> None:
         while True:

@@ -106,9 +106,15 @@ class Liveness:
                     failed = False  # it finished (or a peer failed it) since we looked
                 if failed:
                     self.on_stale(study, self.storage.get_trial(trial_id))
+            with self._guard:
+                ours = set(self._ours)
             for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-                # Failed by a sweeper that died before queueing the re-run.
-                if TrialAttr.FAIL_REASON not in trial.user_attrs and self.needs_rerun(trial):
+                # Failed by a sweeper that died before queueing the re-run. Not one still
+                # running here: its end is handled where it runs, and a later sweep re-queues
+                # it if it still needs it.
+                if trial._trial_id in ours or TrialAttr.FAIL_REASON in trial.user_attrs:
+                    continue
+                if self.needs_rerun(trial):
                     self.on_stale(study, trial)
 
     def _dead_trial_ids(self, study: optuna.Study) -> set[int]:

@@ -22,11 +22,12 @@ from pathlib import Path
 import optuna
 
 from search.active_trial import WorkerEntry
-from search.coordinator import RunSettings, StudyMismatchError, run_study
+from search.coordinator import run_study
 from search.retry import RetryPolicy, StudyStoppedError
 from search.slots import SlotError, detect_gpus, parse_gpus, worker_environments
 from search.storage import DEFAULT_STORAGE, StorageError, check_storage_url, redact
 from search.studies import STUDIES, StudySpec, UnknownStudyError, get_study_spec
+from search.study_setup import RunSettings, StudyMismatchError
 from search.worker import run_worker
 from trainers.errors import ModelBuildError, TrainerInputError
 from trainers.image_folder import scan_image_folder

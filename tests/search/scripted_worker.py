@@ -78,6 +78,9 @@ class ScriptedWorker:
                 if script.die_after == index + 1:
                     os.kill(os.getpid(), signal.SIGKILL)
                 if isinstance(reply, Stop):
+                    with open(request.log_path, "a", encoding="utf-8") as log:
+                        log.write(f"stopped by the coordinator after epoch {index + 1}: ")
+                        log.write(f"{reply.reason}\n")
                     connection.send(Finished("requested", reply.reason))
                     return
             if script.fail is not None:

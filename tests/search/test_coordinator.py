@@ -23,10 +23,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from optuna.trial import FrozenTrial, TrialState
 
-from search.coordinator import StudyMismatchError, run_study
+from search.coordinator import run_study
 from search.reporting import StudySummary
-from search.retry import RetryPolicy, StudyStoppedError
+from search.retry import RetryPolicy, StudyStoppedError, enqueue_retry
 from search.studies import EnqueuedTrial, StudySpec
+from search.study_lock import StudyLock
+from search.study_setup import StudyMismatchError
 from search.vocabulary import Reason, TrialAttr
 from spaces.finetune import Suggester
 from tests.search.scripted_worker import Script, ScriptedWorker
@@ -41,7 +43,7 @@ COLLAPSING = Script(
 AT_CHANCE = Script(accuracies=(0.25, 0.25, 0.25))
 NAN_AT_2 = Script(accuracies=(0.5, math.nan, 0.8))
 # A two-phase trial whose first fine-tune epoch loses most of what the head learned.
-UNFREEZE_SHOCK = Script(accuracies=(0.8, 0.85, 0.4), phases=(1, 1, 2))
+UNFREEZE_SHOCK = Script(accuracies=(0.8, 0.85, 0.86, 0.4, 0.5, 0.6), phases=(1, 1, 1, 2, 2, 2))
 DIES_AT_1 = Script(die_after=1)
 SLOW = Script(accuracies=(0.5, 0.6, 0.7), seconds_per_epoch=1.0)
 
@@ -135,7 +137,7 @@ class Study:
 
 @pytest.fixture
 def tiny(tmp_path: Path, tracking_uri: str, request: pytest.FixtureRequest) -> Study:
-    return Study(tmp_path, tracking_uri, request.node.name.removeprefix("test_")[:60])
+    return Study(tmp_path, tracking_uri, request.node.name.removeprefix("test_"))
 
 
 PRETRAINED_HEAD_ONLY = enqueued("head_only", "pretrained", 0)
@@ -182,12 +184,18 @@ def test_a_healthy_trial_completes_with_its_best_epoch_everywhere(tiny: Study) -
     assert outcome.summary.best_trial == 0 and outcome.summary.finished == 1
 
 
+def three_epochs_a_phase(trial: Suggester, data_source: str) -> TrainConfig:
+    """The tiny space with 3 epochs in every phase, so a trial pruned early has epochs left."""
+    raw = tiny_space(trial, data_source).to_dict()
+    return TrainConfig.from_dict({**raw, "phases": [{**p, "epochs": 3} for p in raw["phases"]]})
+
+
 @pytest.mark.parametrize(
     ("script", "first", "reason", "epochs"),
     [
         (COLLAPSING, PRETRAINED_HEAD_ONLY, Reason.COLLAPSE, 3),  # the guide: by its 3rd epoch
         (AT_CHANCE, PRETRAINED_HEAD_ONLY, Reason.CHANCE, 2),
-        (UNFREEZE_SHOCK, PRETRAINED_FINE_TUNE, Reason.UNFREEZE_SHOCK, 3),
+        (UNFREEZE_SHOCK, PRETRAINED_FINE_TUNE, Reason.UNFREEZE_SHOCK, 4),
         (NAN_AT_2, PRETRAINED_HEAD_ONLY, Reason.NAN, 2),
     ],
     ids=["collapse", "chance", "unfreeze_shock", "nan"],
@@ -195,15 +203,20 @@ def test_a_healthy_trial_completes_with_its_best_epoch_everywhere(tiny: Study) -
 def test_collapse_rules_stop_the_worker_and_record_their_reason(
     tiny: Study, script: Script, first: EnqueuedTrial, reason: Reason, epochs: int
 ) -> None:
-    if script is COLLAPSING:  # four epochs to play, so the stop is visible
+    if script is COLLAPSING:  # six epochs to play, so the stop is visible
         first = EnqueuedTrial(first.label, {**first.params, "unfreeze_level": 1})
-    outcome = tiny.run({0: script}, first, n_trials=1)
+    spec = tiny.spec(first, space=three_epochs_a_phase)
+    outcome = tiny.run({0: script}, n_trials=1, spec=spec)
     trial = outcome.trial(0)
     assert trial.state == TrialState.PRUNED
     assert trial.user_attrs[TrialAttr.PRUNE_REASON] == reason
-    # The worker was told to stop at that epoch: no later epoch was reported.
+    # The worker was told to stop at that epoch, with the reason: no later epoch was played,
+    # though the config and the script had more.
     epoch_lines = [line for line in outcome.lines if line.startswith("  trial   0 epoch")]
     assert len(epoch_lines) == epochs
+    assert int(epoch_lines[-1].split("/")[1].split()[0]) > epochs
+    worker_log = (tiny.folder / "runs" / "trial-0000" / "worker.log").read_text()
+    assert f"stopped by the coordinator after epoch {epochs}: {reason}" in worker_log
     # A non-finite value never reaches the storage, not even as an intermediate value.
     assert all(math.isfinite(value) for value in trial.intermediate_values.values())
     assert max(trial.intermediate_values) == (epochs - 1 if reason == Reason.NAN else epochs)
@@ -222,8 +235,6 @@ def test_the_median_pruner_decides_after_the_collapse_rules(tiny: Study) -> None
     ]
     assert outcome.trial(2).user_attrs[TrialAttr.PRUNE_REASON] == "median"
     assert outcome.run(2).data.tags["prune_reason"] == "median"
-    # The study's own pruner is the one that decided: there is only one.
-    assert isinstance(outcome.study.pruner, optuna.pruners.MedianPruner)
 
 
 def test_a_crashed_worker_fails_its_trial_and_is_re_run_with_the_same_params(
@@ -340,7 +351,6 @@ def test_two_workers_run_trials_at_once_and_never_exceed_the_target(tiny: Study)
     assert slots == {"0", "1"}
     assert len(outcome.study.trials) == 4 and outcome.summary.finished == 4
     assert all(t.state == TrialState.COMPLETE for t in outcome.study.trials)
-    assert not any("database is locked" in line for line in outcome.lines)
 
 
 def test_ctrl_c_marks_running_trials_interrupted_and_queues_them(tiny: Study) -> None:
@@ -373,21 +383,35 @@ def test_a_trial_a_peer_took_over_is_dropped_not_told_twice(tiny: Study) -> None
     storage = optuna.storages.RDBStorage(tiny.storage)
 
     def peer_fails_it_as_stale(line: str) -> None:
-        # What a peer's sweep does when this coordinator looked dead for too long.
+        # What a peer's sweep does, under the study lock, when this coordinator looked dead
+        # for too long: fail the trial and queue its re-run.
         if line.startswith("  trial   0 epoch   1/"):
-            study = optuna.load_study(study_name=tiny.name, storage=storage)
-            trial = study.get_trials()[0]
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            with StudyLock(tiny.storage, tiny.name).held():
+                study = optuna.load_study(study_name=tiny.name, storage=storage)
+                trial = study.get_trials()[0]
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                enqueue_retry(
+                    study,
+                    number=0,
+                    params=trial.params,
+                    user_attrs=trial.user_attrs,
+                    reason=Reason.STALE_HEARTBEAT,
+                )
 
     outcome = tiny.run({0: SLOW}, n_trials=1, log=peer_fails_it_as_stale)
     dropped = outcome.trial(0)
     # Failed by the peer, and left as the peer left it: no reason of ours, no value.
     assert dropped.state == TrialState.FAIL and TrialAttr.FAIL_REASON not in dropped.user_attrs
-    assert "trial   0 dropped: another coordinator took it over" in outcome.lines
-    # The worker was stopped at the next epoch, and its run closed as taken over.
+    trial_0 = [line for line in outcome.lines if line.startswith("trial   0 ")]
+    assert trial_0[1:] == ["trial   0 dropped: another coordinator took it over"]
+    # The worker was stopped at its next epoch, its run closed as taken over, and only the
+    # peer's re-run (same parameters) counts.
     assert not any(line.startswith("  trial   0 epoch   3/") for line in outcome.lines)
     run = outcome.run(0)
     assert run.info.status == "FAILED" and run.data.tags["fail_reason"] == Reason.TAKEN_OVER
+    reruns = [t for t in outcome.study.trials if t.user_attrs.get(TrialAttr.RETRY_OF) == 0]
+    assert len(reruns) == 1 and reruns[0].params == dropped.params
+    assert reruns[0].state == TrialState.COMPLETE and outcome.summary.finished == 1
 
 
 def test_a_dead_peers_trial_is_failed_as_stale_and_re_run(tiny: Study) -> None:
@@ -407,7 +431,9 @@ def test_a_dead_peers_trial_is_failed_as_stale_and_re_run(tiny: Study) -> None:
     run = outcome.run(0)
     assert run.info.status == "FAILED"
     assert run.data.tags["fail_reason"] == Reason.STALE_HEARTBEAT
-    assert "FAIL     stale_heartbeat: its coordinator stopped" in _finished_line(outcome, 0)
+    assert "FAIL     stale_heartbeat: its coordinator stopped; re-running it" in (
+        _finished_line(outcome, 0)
+    )
     assert outcome.summary.finished == 2
 
 

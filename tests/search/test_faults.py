@@ -98,8 +98,11 @@ def test_random_coordinator_kills_and_ctrl_c_lose_no_trial(tmp_path: Path) -> No
     orphaned = [n for n, s in after_kill.states.items() if s == TrialState.RUNNING]
     assert orphaned
 
-    # 2. Resume; Ctrl-C at a random epoch: trials are marked, stores stay consistent.
+    # 2. Resume; once the dead coordinator's trials went stale (and were queued again), Ctrl-C
+    # at a random epoch: trials are marked, stores stay consistent.
     second = coordinator()
+    for _ in orphaned:
+        assert second.read_until(lambda line: " stale_heartbeat: " in line), second.output
     for _ in range(rng.randint(2, 5)):
         assert second.read_until(is_epoch_line), second.output[-2000:]
     # Stop a trial that still has epochs to train: one that sent its last epoch just before

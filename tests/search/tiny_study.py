@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from search.coordinator import RunSettings
 from search.studies import EnqueuedTrial, StudySpec
+from search.study_setup import RunSettings
 from spaces.finetune import Suggester
 from tests.conftest import PRETRAINED_WEIGHTS
 from trainers.config import TrainConfig

@@ -1,0 +1,104 @@
+"""Opening a study for a run: how to run it, and whether the command may continue it.
+
+`RunSettings` holds everything `search.run` parses. `open_study` creates the study or loads it,
+refuses (`StudyMismatchError`, one line) a command that would continue it with other data or a
+study whose trials still use a renamed parameter, records the data source, and enqueues the
+spec's known configurations once. Coordinators call it under the study lock, so several that
+start together on a fresh database create tables, study and queue one at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+
+from search.liveness import retry_params
+from search.retry import RetryPolicy
+from search.storage import make_storage, redact
+from search.studies import StudySpec
+from search.vocabulary import RENAMED_PARAMS, StudyAttr, TrialAttr
+
+
+class StudyMismatchError(ValueError):
+    """The command does not match the study it would continue; reported as one line."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How to run a study; every field has a CLI flag in `search.run`."""
+
+    n_trials: int
+    storage: str
+    data_source: str
+    tracking_uri: str
+    output_dir: Path
+    timeout: float | None = None
+    #: Concurrent worker processes; each gets its own entry of `worker_environments`.
+    workers: int = 1
+    #: Per-slot environment, e.g. CUDA_VISIBLE_DEVICES pinning slot i to GPU i.
+    worker_environments: tuple[dict[str, str], ...] = ()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Seconds between heartbeats of running trials; a trial whose coordinator has been silent
+    #: for `grace_period` seconds is failed and re-run (Optuna's RDB heartbeat).
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+
+
+def open_study(
+    spec: StudySpec, settings: RunSettings, *, identity: str
+) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
+    """The study (created, or loaded and checked) and its storage; call under the study lock.
+
+    `identity` (host:pid) seeds the sampler of every coordinator but a new study's first.
+    """
+    storage = make_storage(
+        settings.storage,
+        heartbeat_interval=settings.heartbeat_interval,
+        grace_period=settings.grace_period,
+    )
+    existing = spec.name in optuna.get_all_study_names(storage)
+    # A new study draws from the spec's seed, so a fresh demo is reproducible; every later or
+    # concurrent coordinator gets its own seed, or they would all replay the same draws.
+    seed = spec.seed if not existing else hash((spec.seed, identity)) % 2**31
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        sampler=spec.make_sampler(seed),
+        pruner=spec.make_pruner(),
+        direction="maximize",
+        load_if_exists=True,
+    )
+    if existing:
+        _check_continues(study, spec, settings)
+    study.set_user_attr(StudyAttr.DATA_SOURCE, settings.data_source)
+    for known in spec.enqueued:
+        # skip_if_exists: a coordinator that died half-way through this loop is completed by
+        # the next one, and nothing is queued twice.
+        study.enqueue_trial(
+            dict(known.params), user_attrs={TrialAttr.ENQUEUED: known.label}, skip_if_exists=True
+        )
+    return study, storage
+
+
+def _check_continues(study: optuna.Study, spec: StudySpec, settings: RunSettings) -> None:
+    """Refuse to continue a study the command does not match."""
+    storage_label = redact(settings.storage)
+    used = {name for trial in study.get_trials(deepcopy=False) for name in retry_params(trial)}
+    renamed = sorted(used & RENAMED_PARAMS.keys())
+    if renamed:
+        old = renamed[0]
+        raise StudyMismatchError(
+            f"study {spec.name!r} in {storage_label} was created before the parameter "
+            f"{old!r} was renamed {RENAMED_PARAMS[old]!r} and cannot be resumed; export its "
+            f"best trial with python -m search.export --study {spec.name} --storage "
+            f"{storage_label}, then start a new study with another --storage"
+        )
+    recorded = study.user_attrs.get(StudyAttr.DATA_SOURCE)
+    if recorded is not None and recorded != settings.data_source:
+        raise StudyMismatchError(
+            f"study {spec.name!r} was started with data {recorded!r}, not "
+            f"{settings.data_source!r}; pass --data {recorded} to continue it, or use "
+            "another --storage for a new study"
+        )
