@@ -227,14 +227,23 @@ def test_collapse_rules_stop_the_worker_and_record_their_reason(
 
 def test_the_median_pruner_decides_after_the_collapse_rules(tiny: Study) -> None:
     spec = tiny.spec(pruner_startup_trials=2, pruner_warmup_epochs=0)
-    weak = Script(accuracies=(0.4, 0.45, 0.5))
-    outcome = tiny.run({2: weak}, n_trials=3, spec=spec)
+    scripts = {
+        0: Script(accuracies=(0.5, 0.7, 0.8)),
+        1: Script(accuracies=(0.5, 0.75, 0.85)),
+        2: Script(accuracies=(0.4, 0.45, 0.5)),
+    }
+    outcome = tiny.run(scripts, n_trials=3, spec=spec)
     # Healthy by the collapse rules, far below the two completed trials: the median's call.
     assert [outcome.trial(n).state for n in range(3)] == [TrialState.COMPLETE] * 2 + [
         TrialState.PRUNED
     ]
     assert outcome.trial(2).user_attrs[TrialAttr.PRUNE_REASON] == "median"
     assert outcome.run(2).data.tags["prune_reason"] == "median"
+    # Two completed trials with different values and parameters: the parent run gets the
+    # optimization history, the parameter importances and the outcome chart.
+    client = MlflowClient(tiny.tracking_uri)
+    plots = {a.path for a in client.list_artifacts(outcome.parent.info.run_id)}
+    assert {"optimization_history.png", "param_importances.png", "trial_outcomes.png"} <= plots
 
 
 def test_a_crashed_worker_fails_its_trial_and_is_re_run_with_the_same_params(
