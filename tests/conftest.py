@@ -16,6 +16,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests (real training, whole studies) first, the rest after, each in its order.
+
+    The test files are shared out between two processes as they come; a long file that came
+    last would leave one process idle while the other trains.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 PRETRAINED_WEIGHTS = REPO / "weights" / "mobilenetv3small_synthetic_source_64.weights.h5"
 
 
