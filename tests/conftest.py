@@ -25,6 +25,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     last would leave one process idle while the other trains.
     """
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 PRETRAINED_WEIGHTS = REPO / "weights" / "mobilenetv3small_synthetic_source_64.weights.h5"
 
 

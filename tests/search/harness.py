@@ -196,3 +196,24 @@ def check_nothing_lost(before: Snapshot, after: Snapshot) -> None:
     """Every trial completed before a fault is still completed, with the same value."""
     for number, value in before.completed().items():
         assert after.states[number] == TrialState.COMPLETE and after.values[number] == value
+
+
+def smoke_command(target: int) -> list[str]:
+    """The fault tests' `search.run` arguments: the smoke study, 2 workers, quick heartbeats."""
+    return [
+        "--study", "smoke", "--n-trials", str(target), "--workers", "2",
+        "--heartbeat-interval", "1", "--grace-period", "4",
+    ]  # fmt: skip
+
+
+def print_fault_figures(title: str, faults: int, final: Snapshot, target: int) -> int:
+    """Print what a fault test went through; returns the number of trials lost."""
+    completed = len(final.completed())
+    lost = target - final.used + sum(s == TrialState.RUNNING for s in final.states.values())
+    print(
+        f"\n{title}: {faults} faults injected, {completed} trials completed, "
+        f"{sum(s == TrialState.PRUNED for s in final.states.values())} pruned, "
+        f"{sum(s == TrialState.FAIL for s in final.states.values())} failed "
+        f"({len(final.retried())} of them re-run), {lost} trials lost"
+    )
+    return lost
