@@ -143,13 +143,14 @@ class Coordinator:
             return True
         folder = self.settings.output_dir / f"trial-{trial.number:04d}"
         folder.mkdir(parents=True, exist_ok=True)
-        trial.set_user_attr(TrialAttr.CONFIG_YAML, config.to_yaml())
+        config_yaml = config.to_yaml()
+        trial.set_user_attr(TrialAttr.CONFIG_YAML, config_yaml)
         run_id = self.tracker.start_trial(trial.number, trial.params, config)
         trial.set_user_attr(TrialAttr.MLFLOW_RUN_ID, run_id)
         environments = self.settings.worker_environments
         request = WorkerRequest(
             trial_number=trial.number,
-            config_yaml=config.to_yaml(),
+            config_yaml=config_yaml,
             log_path=str(folder / "worker.log"),
             environment=environments[slot] if slot < len(environments) else {},
         )

@@ -128,10 +128,10 @@ class Snapshot:
 
     def retried(self) -> set[int]:
         return {
-            int(attrs[TrialAttr.RETRY_OF])
+            int(attrs[TrialAttr.RETRY_OF])  # type: ignore[call-overload]
             for attrs in self.user_attrs.values()
             if TrialAttr.RETRY_OF in attrs
-        }  # type: ignore[call-overload]
+        }
 
     def with_reason(self, reason: str) -> list[int]:
         return [

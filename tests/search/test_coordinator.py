@@ -93,7 +93,7 @@ def _study_runs(tracking_uri: str, name: str) -> tuple[dict[int, list[Run]], Run
     return runs, parent
 
 
-class Study:
+class TinyStudy:
     """Runs studies of the tiny space with scripted workers in one test's folder."""
 
     def __init__(self, folder: Path, tracking_uri: str, name: str) -> None:
@@ -136,8 +136,8 @@ class Study:
 
 
 @pytest.fixture
-def tiny(tmp_path: Path, tracking_uri: str, request: pytest.FixtureRequest) -> Study:
-    return Study(tmp_path, tracking_uri, request.node.name.removeprefix("test_"))
+def tiny(tmp_path: Path, tracking_uri: str, request: pytest.FixtureRequest) -> TinyStudy:
+    return TinyStudy(tmp_path, tracking_uri, request.node.name.removeprefix("test_"))
 
 
 PRETRAINED_HEAD_ONLY = enqueued("head_only", "pretrained", 0)
@@ -155,7 +155,7 @@ def _finished_line(outcome: Outcome, number: int) -> str:
 # -- how trials end --------------------------------------------------------------------------
 
 
-def test_a_healthy_trial_completes_with_its_best_epoch_everywhere(tiny: Study) -> None:
+def test_a_healthy_trial_completes_with_its_best_epoch_everywhere(tiny: TinyStudy) -> None:
     outcome = tiny.run({0: Script(accuracies=(0.5, 0.9, 0.8))}, PRETRAINED_FINE_TUNE, n_trials=1)
     trial = outcome.trial(0)
     # The objective is the best validation accuracy over all epochs, not the last.
@@ -201,7 +201,7 @@ def three_epochs_a_phase(trial: Suggester, data_source: str) -> TrainConfig:
     ids=["collapse", "chance", "unfreeze_shock", "nan"],
 )
 def test_collapse_rules_stop_the_worker_and_record_their_reason(
-    tiny: Study, script: Script, first: EnqueuedTrial, reason: Reason, epochs: int
+    tiny: TinyStudy, script: Script, first: EnqueuedTrial, reason: Reason, epochs: int
 ) -> None:
     if script is COLLAPSING:  # six epochs to play, so the stop is visible
         first = EnqueuedTrial(first.label, {**first.params, "unfreeze_level": 1})
@@ -225,7 +225,7 @@ def test_collapse_rules_stop_the_worker_and_record_their_reason(
     assert f"PRUNED   {reason} at epoch {epochs}" in _finished_line(outcome, 0)
 
 
-def test_the_median_pruner_decides_after_the_collapse_rules(tiny: Study) -> None:
+def test_the_median_pruner_decides_after_the_collapse_rules(tiny: TinyStudy) -> None:
     spec = tiny.spec(pruner_startup_trials=2, pruner_warmup_epochs=0)
     scripts = {
         0: Script(accuracies=(0.5, 0.7, 0.8)),
@@ -247,7 +247,7 @@ def test_the_median_pruner_decides_after_the_collapse_rules(tiny: Study) -> None
 
 
 def test_a_crashed_worker_fails_its_trial_and_is_re_run_with_the_same_params(
-    tiny: Study,
+    tiny: TinyStudy,
 ) -> None:
     outcome = tiny.run({0: DIES_AT_1}, n_trials=2)
     crashed, rerun = outcome.trial(0), outcome.trial(1)
@@ -275,7 +275,7 @@ def test_a_crashed_worker_fails_its_trial_and_is_re_run_with_the_same_params(
     ],
 )
 def test_worker_failures_are_retried_as_the_policy_says(
-    tiny: Study, reason: Reason, retried: bool
+    tiny: TinyStudy, reason: Reason, retried: bool
 ) -> None:
     outcome = tiny.run({0: Script(fail=reason, fail_after=1)}, n_trials=1)
     failed = outcome.trial(0)
@@ -298,7 +298,7 @@ def space_with_a_bug(trial: Suggester, data_source: str) -> TrainConfig:
     return TrainConfig.from_dict({**config.to_dict(), "batch_size": 0})
 
 
-def test_an_invalid_config_from_the_space_fails_before_any_worker(tiny: Study) -> None:
+def test_an_invalid_config_from_the_space_fails_before_any_worker(tiny: TinyStudy) -> None:
     outcome = tiny.run({}, n_trials=1, spec=tiny.spec(space=space_with_a_bug))
     trial = outcome.trial(0)
     assert trial.state == TrialState.FAIL
@@ -310,7 +310,7 @@ def test_an_invalid_config_from_the_space_fails_before_any_worker(tiny: Study) -
     assert "FAIL     input: invalid config from the space" in _finished_line(outcome, 0)
 
 
-def test_consecutive_failures_stop_the_study_with_a_clear_message(tiny: Study) -> None:
+def test_consecutive_failures_stop_the_study_with_a_clear_message(tiny: TinyStudy) -> None:
     scripts = {n: Script(fail=Reason.INPUT, fail_after=0) for n in range(4)}
     with pytest.raises(StudyStoppedError, match="stopping: 2 consecutive trials failed") as stop:
         tiny.run(scripts, n_trials=4, retry=RetryPolicy(max_consecutive_failures=2))
@@ -326,7 +326,7 @@ def test_consecutive_failures_stop_the_study_with_a_clear_message(tiny: Study) -
 # -- the study around its trials ---------------------------------------------------------------
 
 
-def test_resume_continues_a_half_done_study(tiny: Study) -> None:
+def test_resume_continues_a_half_done_study(tiny: TinyStudy) -> None:
     scripts = {0: AT_CHANCE}
     first = tiny.run(scripts, n_trials=2)
     assert first.summary.finished == 2
@@ -348,7 +348,7 @@ def test_resume_continues_a_half_done_study(tiny: Study) -> None:
     assert {n: len(runs) for n, runs in third.runs.items()} == {0: 1, 1: 1, 2: 1}
 
 
-def test_two_workers_run_trials_at_once_and_never_exceed_the_target(tiny: Study) -> None:
+def test_two_workers_run_trials_at_once_and_never_exceed_the_target(tiny: TinyStudy) -> None:
     outcome = tiny.run({}, n_trials=4, workers=2, worker_environments=({}, {}))
     started = [i for i, line in enumerate(outcome.lines) if " started (slot " in line]
     first_finished = next(
@@ -362,7 +362,7 @@ def test_two_workers_run_trials_at_once_and_never_exceed_the_target(tiny: Study)
     assert all(t.state == TrialState.COMPLETE for t in outcome.study.trials)
 
 
-def test_ctrl_c_marks_running_trials_interrupted_and_queues_them(tiny: Study) -> None:
+def test_ctrl_c_marks_running_trials_interrupted_and_queues_them(tiny: TinyStudy) -> None:
     def interrupt_at_first_epoch(line: str) -> None:
         if line.startswith("  trial   0 epoch   1/"):
             os.kill(os.getpid(), signal.SIGINT)
@@ -388,7 +388,7 @@ def test_ctrl_c_marks_running_trials_interrupted_and_queues_them(tiny: Study) ->
     assert resumed.trial(1).params == stopped.params
 
 
-def test_a_trial_a_peer_took_over_is_dropped_not_told_twice(tiny: Study) -> None:
+def test_a_trial_a_peer_took_over_is_dropped_not_told_twice(tiny: TinyStudy) -> None:
     storage = optuna.storages.RDBStorage(tiny.storage)
 
     def peer_fails_it_as_stale(line: str) -> None:
@@ -423,7 +423,7 @@ def test_a_trial_a_peer_took_over_is_dropped_not_told_twice(tiny: Study) -> None
     assert reruns[0].state == TrialState.COMPLETE and outcome.summary.finished == 1
 
 
-def test_a_dead_peers_trial_is_failed_as_stale_and_re_run(tiny: Study) -> None:
+def test_a_dead_peers_trial_is_failed_as_stale_and_re_run(tiny: TinyStudy) -> None:
     # A trial another coordinator claimed (one heartbeat, its identity), then it died.
     storage = optuna.storages.RDBStorage(tiny.storage, heartbeat_interval=1, grace_period=2)
     study = optuna.create_study(study_name=tiny.name, storage=storage, direction="maximize")
@@ -446,7 +446,7 @@ def test_a_dead_peers_trial_is_failed_as_stale_and_re_run(tiny: Study) -> None:
     assert outcome.summary.finished == 2
 
 
-def test_a_study_with_the_old_ladder_parameter_is_refused_on_resume(tiny: Study) -> None:
+def test_a_study_with_the_old_ladder_parameter_is_refused_on_resume(tiny: TinyStudy) -> None:
     study = optuna.create_study(study_name=tiny.name, storage=tiny.storage)
     study.enqueue_trial({"unfreeze_blocks": 2})
     with pytest.raises(StudyMismatchError, match="renamed 'unfreeze_level'") as refused:
@@ -457,7 +457,7 @@ def test_a_study_with_the_old_ladder_parameter_is_refused_on_resume(tiny: Study)
     assert [t.state for t in study.get_trials()] == [TrialState.WAITING]
 
 
-def test_a_resume_with_other_data_is_refused(tiny: Study) -> None:
+def test_a_resume_with_other_data_is_refused(tiny: TinyStudy) -> None:
     tiny.run({}, n_trials=1)
     with pytest.raises(StudyMismatchError, match="was started with data 'synthetic:target'"):
         tiny.run({}, n_trials=2, data_source="synthetic:source")
