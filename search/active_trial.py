@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from search.closing import Verdict
 from search.protocol import Failed, Finished, WorkerRequest
-from search.pruning import EpochView
+from search.pruning import EpochView, PruneDecision
 from search.vocabulary import Reason
 from trainers.config import TrainConfig
 from trainers.history import TrainingHistory
@@ -43,8 +43,10 @@ class ActiveTrial:
     records: list[dict[str, float]] = field(default_factory=list)
     #: Known once the worker has loaded the data; 0 before.
     num_classes: int = 0
+    #: Known once the worker has loaded the data; None before (the rules then ignore noise).
+    validation_images: int | None = None
     worker_config_yaml: str | None = None
-    prune_reason: str | None = None
+    prune: PruneDecision | None = None
     outcome: Finished | Failed | None = None
     pipe_closed: bool = False
     #: Set when the coordinator itself ends the trial (Ctrl-C, study stopped).
@@ -104,8 +106,8 @@ def judge(active: ActiveTrial, objective: Callable[[TrainingHistory], float | No
     if outcome is None:
         exit_text = describe_exit(active.process.exitcode)
         return Verdict(TrialState.FAIL, Reason.WORKER_DIED, f"worker {exit_text} before finishing")
-    if active.prune_reason is not None:
-        return Verdict(TrialState.PRUNED, active.prune_reason)
+    if active.prune is not None:
+        return Verdict(TrialState.PRUNED, active.prune.reason, active.prune.evidence)
     if outcome.stop_reason == "non_finite_loss":
         return Verdict(TrialState.PRUNED, Reason.NAN, outcome.stop_detail or "")
     value = objective(active.history)

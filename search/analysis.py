@@ -21,8 +21,8 @@ from trainers.errors import ConfigError
 
 
 def trials_frame(study: Study) -> pd.DataFrame:
-    """number, outcome, value, best_epoch, epochs_run, minutes, unfrozen_units, then every
-    sampled parameter (under its current name)."""
+    """number, outcome, prune_evidence, value, best_epoch, epochs_run, minutes, unfrozen_units,
+    then every sampled parameter (under its current name)."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
         duration = trial.duration.total_seconds() / 60 if trial.duration else None
@@ -30,6 +30,7 @@ def trials_frame(study: Study) -> pd.DataFrame:
             {
                 "number": trial.number,
                 "outcome": outcome_label(trial),
+                "prune_evidence": trial.user_attrs.get(TrialAttr.PRUNE_EVIDENCE),
                 "value": trial.value,
                 "best_epoch": trial.user_attrs.get(TrialAttr.BEST_EPOCH),
                 "epochs_run": len(trial.intermediate_values),
@@ -44,6 +45,14 @@ def trials_frame(study: Study) -> pd.DataFrame:
     # A whole count, missing (<NA>) where a trial has no recorded config.
     frame["unfrozen_units"] = frame["unfrozen_units"].astype("Int64")
     return frame
+
+
+def pruned_trials(frame: pd.DataFrame) -> pd.DataFrame:
+    """The pruned trials: why, after how many epochs, and the numbers behind each decision."""
+    if frame.empty:
+        return pd.DataFrame()
+    pruned = frame[frame["outcome"].str.startswith("PRUNED")]
+    return pruned[["outcome", "epochs_run", "prune_evidence"]]
 
 
 def unfrozen_units(trial: FrozenTrial) -> int | None:

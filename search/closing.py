@@ -35,6 +35,8 @@ from trainers.plots import plot_learning_curves
 
 #: Longest fail detail kept as a user attribute (the MLflow tag keeps up to 5000 characters).
 MAX_DETAIL_ATTR = 2000
+#: Longest outcome on a trial's printed line.
+MAX_LINE_RESULT = 120
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Verdict:
 
     state: TrialState
     reason: str = ""
+    #: What a failure said, or the evidence behind a prune.
     detail: str = ""
     value: float | None = None
 
@@ -70,11 +73,12 @@ class Ending:
         if verdict.state == TrialState.COMPLETE:
             return f"{verdict.value:.4f} (epoch {self.best_epoch})"
         if verdict.state == TrialState.PRUNED:
-            return f"{verdict.reason} at epoch {self.epochs_run}"
+            pruned = f"{verdict.reason} at epoch {self.epochs_run}"
+            return f"{pruned}: {verdict.detail}"[:MAX_LINE_RESULT] if verdict.detail else pruned
         if verdict.reason == Reason.STALE_HEARTBEAT:
             again = "re-running it" if retried else "not retried"
             return f"{verdict.reason}: {verdict.detail}; {again}"
-        return f"{verdict.reason}: {verdict.detail}"[:120]
+        return f"{verdict.reason}: {verdict.detail}"[:MAX_LINE_RESULT]
 
 
 def trial_files(folder: Path, config_yaml: str, history: TrainingHistory, title: str) -> list[Path]:
@@ -125,6 +129,8 @@ class TrialCloser:
             self.study.tell(trial, verdict.value)
         elif verdict.state == TrialState.PRUNED:
             trial.set_user_attr(TrialAttr.PRUNE_REASON, verdict.reason)
+            if verdict.detail:
+                trial.set_user_attr(TrialAttr.PRUNE_EVIDENCE, verdict.detail)
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
             trial.set_user_attr(TrialAttr.FAIL_REASON, verdict.reason)
@@ -142,6 +148,8 @@ class TrialCloser:
             metrics = {"objective": verdict.value, "best_epoch": float(ending.best_epoch or 0)}
         elif verdict.state == TrialState.PRUNED:
             tags = {TrialAttr.PRUNE_REASON: verdict.reason}
+            if verdict.detail:
+                tags[TrialAttr.PRUNE_EVIDENCE] = verdict.detail
         elif verdict.reason == Reason.TAKEN_OVER:
             # The peer that took it over queued its re-run; this run only says why it ended.
             tags = {TrialAttr.FAIL_REASON: verdict.reason}

@@ -39,7 +39,7 @@ from search.protocol import (
     WorkerMessage,
     WorkerRequest,
 )
-from search.pruning import collapse_reason, optuna_reason
+from search.pruning import PruneDecision, find_collapse, optuna_decision
 from search.reporting import Log, StudySummary, epoch_line, finish_study
 from search.retry import StudyStoppedError
 from search.stop_signals import StopSignals
@@ -170,46 +170,48 @@ class Coordinator:
         trial = active.trial
         if isinstance(message, Started):
             active.num_classes = message.num_classes
+            active.validation_images = message.validation_count
             active.worker_config_yaml = message.config_yaml
             trial.set_user_attr(TrialAttr.CONFIG_YAML, message.config_yaml)
             trial.set_user_attr(TrialAttr.TRAIN_IMAGES, message.train_count)
             trial.set_user_attr(TrialAttr.VALIDATION_IMAGES, message.validation_count)
         elif isinstance(message, Epoch):
-            reason = self._on_epoch(active, message)
-            if reason is not None:
-                active.prune_reason = reason
+            decision = self._on_epoch(active, message)
+            if decision is not None:
+                active.prune = decision
             try:
-                active.connection.send(Continue() if reason is None else Stop(reason))
+                active.connection.send(Continue() if decision is None else Stop(str(decision)))
             except OSError:  # the worker died while waiting for us; its exit is handled next
                 active.pipe_closed = True
         elif isinstance(message, Finished | Failed):
             active.outcome = message
 
-    def _on_epoch(self, active: ActiveTrial, message: Epoch) -> str | None:
-        """Log and report one epoch; the reason to stop the trial, or None."""
+    def _on_epoch(self, active: ActiveTrial, message: Epoch) -> PruneDecision | None:
+        """Log and report one epoch; why to stop the trial, or None."""
         metrics = message.metrics
         active.records.append({"epoch": message.epoch, **metrics})
         self.tracker.log_epoch(active.run_id, message.epoch, metrics)
         total = active.config.total_epochs
         self.log(epoch_line(active.trial.number, message.epoch, total, metrics))
-        reason = collapse_reason(
+        collapse = find_collapse(
             active.epoch_views,
             num_classes=active.num_classes,
+            validation_images=active.validation_images,
             unfreezing_phases=active.unfreezing_phases,
             rules=self.spec.rules,
         )
-        if reason == Reason.NAN:
-            return reason  # a non-finite value never reaches the storage
+        if collapse is not None and collapse.reason == Reason.NAN:
+            return collapse  # a non-finite value never reaches the storage
         try:
             active.trial.report(float(metrics["val_accuracy"]), step=message.epoch)
         except optuna.exceptions.UpdateFinishedTrialError:
             # Another coordinator failed this trial as stale (we looked dead for too long) and
             # queued its re-run; this copy stops and is not told.
             active.taken_over = True
-            return Reason.TAKEN_OVER
-        if reason is not None:
-            return reason
-        return optuna_reason(self.study, self.storage.get_trial(active.trial._trial_id))
+            return PruneDecision(Reason.TAKEN_OVER)
+        if collapse is not None:
+            return collapse
+        return optuna_decision(self.study, self.storage.get_trial(active.trial._trial_id))
 
     def _is_running(self, trial: optuna.Trial) -> bool:
         """Whether the stored trial is still RUNNING (no peer failed it as stale)."""

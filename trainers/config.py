@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trainers.backbones import BACKBONES, get_backbone
 from trainers.config_messages import describe_validation_error
 from trainers.errors import ConfigError
+from trainers.synthetic import FAR_CLASSES
 
 __all__ = [
     "ConfigError",
@@ -38,7 +39,7 @@ AugmentationPolicy = Literal["none", "basic", "randaugment"]
 ClassWeighting = Literal["none", "balanced"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
 ScheduleName = Literal["constant", "cosine"]
-SyntheticTask = Literal["source", "target"]
+SyntheticTask = Literal["source", "target", "far"]
 
 TFDS_PREFIX = "tfds:"
 SYNTHETIC_PREFIX = "synthetic:"
@@ -58,7 +59,7 @@ class SyntheticData(_Frozen):
 class DataConfig(_Frozen):
     """Where the images come from and how they are split and augmented."""
 
-    #: A directory of class subfolders, `tfds:NAME`, or `synthetic:source` / `synthetic:target`.
+    #: A directory of class subfolders, `tfds:NAME`, or `synthetic:source|target|far`.
     source: str = Field(min_length=1)
     #: Square input size in pixels; defaults to the backbone's native resolution.
     image_size: int = Field(ge=32, le=2048)
@@ -92,13 +93,18 @@ class DataConfig(_Frozen):
             task = self.source[len(SYNTHETIC_PREFIX) :]
             if task not in get_args(SyntheticTask):
                 raise ValueError(
-                    f"source: synthetic task {task!r} is unknown; allowed: synthetic:source, "
-                    "synthetic:target"
+                    f"source: synthetic task {task!r} is unknown; allowed: "
+                    + ", ".join(f"synthetic:{name}" for name in get_args(SyntheticTask))
                 )
             if isinstance(self.validation, str):
                 raise ValueError("validation: synthetic sources take a held-out fraction")
+            if task == "far" and self.synthetic and self.synthetic.classes > len(FAR_CLASSES):
+                raise ValueError(
+                    f"synthetic.classes: synthetic:far has {len(FAR_CLASSES)} classes, "
+                    f"got {self.synthetic.classes}"
+                )
         elif self.synthetic is not None:
-            raise ValueError("synthetic: applies only to synthetic:source / synthetic:target")
+            raise ValueError("synthetic: applies only to synthetic: sources")
         return self
 
     @property

@@ -6,6 +6,12 @@ shuffle, into two disjoint halves: the *source* task (for pretraining a backbone
 *target* task (for fine-tuning it). Both draw on the same visual vocabulary, so features
 learned on one transfer to the other, as ImageNet features do to Stanford Dogs.
 
+A third task, *far*, stands for data far from the backbone's pretraining: its 10 classes are
+where an object sits and how big it is (five places, two sizes), whatever its shape, texture
+and hue. Pretraining on the source task taught the backbone to ignore exactly that (poses are
+random there), so a head on frozen features stays low and fine-tuning decides, as on a real
+dataset far from ImageNet.
+
 Every image depends only on (seed, class index, image index): asking for more images or
 classes never changes the ones already generated.
 
@@ -20,11 +26,11 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
-Task = Literal["source", "target"]
+Task = Literal["source", "target", "far"]
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross", "diamond", "bar", "hourglass")
 TEXTURES = ("solid", "striped", "checkered", "dotted", "graded")
@@ -52,6 +58,17 @@ def _catalogue() -> list[SyntheticClass]:
 
 
 MAX_CLASSES_PER_TASK = len(SHAPES) * len(TEXTURES) * len(HUES) // 2
+
+#: The far task's places (object centre) and sizes (radius range), as shares of the image.
+FAR_PLACES = {
+    "top-left": (0.3, 0.3),
+    "top-right": (0.7, 0.3),
+    "bottom-left": (0.3, 0.7),
+    "bottom-right": (0.7, 0.7),
+    "centre": (0.5, 0.5),
+}
+FAR_SIZES = {"small": (0.10, 0.15), "large": (0.22, 0.28)}
+FAR_CLASSES = tuple((size, place) for size, place in itertools.product(FAR_SIZES, FAR_PLACES))
 
 
 def task_classes(task: Task, num_classes: int) -> tuple[SyntheticClass, ...]:
@@ -96,12 +113,26 @@ def _texture(name: str, u: np.ndarray, v: np.ndarray, r: float, frequency: float
     return np.clip(0.3 + (u / r + 1) / 2 * 0.7, 0.3, 1.0)
 
 
-def render(cls: SyntheticClass, image_size: int, rng: np.random.Generator) -> np.ndarray:
+@dataclass(frozen=True)
+class Placement:
+    """Where the object's centre may fall and how big it may be, as shares of the image."""
+
+    centre_low: tuple[float, float] = (0.3, 0.3)
+    centre_high: tuple[float, float] = (0.7, 0.7)
+    radius: tuple[float, float] = (0.18, 0.32)
+
+
+def render(
+    cls: SyntheticClass,
+    image_size: int,
+    rng: np.random.Generator,
+    placement: Placement = Placement(),
+) -> np.ndarray:
     """One uint8 RGB image of `cls`, with its pose, colour and background drawn from `rng`."""
     grid = np.arange(image_size, dtype=np.float32) / image_size
     yy, xx = np.meshgrid(grid, grid, indexing="ij")
-    centre_x, centre_y = rng.uniform(0.3, 0.7, 2)
-    radius = float(rng.uniform(0.18, 0.32))
+    centre_x, centre_y = rng.uniform(placement.centre_low, placement.centre_high)
+    radius = float(rng.uniform(*placement.radius))
     angle = rng.uniform(0, np.pi)
     dx, dy = xx - centre_x, yy - centre_y
     u = dx * np.cos(angle) + dy * np.sin(angle)
@@ -129,6 +160,8 @@ def generate(
     task: Task, *, num_classes: int, images_per_class: int, image_size: int, seed: int = 0
 ) -> SyntheticImages:
     """All images of a task, class by class."""
+    if task == "far":
+        return _generate_far(num_classes, images_per_class, image_size, seed)
     classes = task_classes(task, num_classes)
     count = num_classes * images_per_class
     images = np.empty((count, image_size, image_size, 3), np.uint8)
@@ -140,6 +173,32 @@ def generate(
         rng = np.random.default_rng([seed, task_index, class_index, image_index])
         images[position] = render(classes[class_index], image_size, rng)
     return SyntheticImages(images, labels, tuple(cls.name for cls in classes))
+
+
+def _far_placement(size: str, place: str) -> Placement:
+    x, y = FAR_PLACES[place]
+    jitter = 0.06
+    return Placement((x - jitter, y - jitter), (x + jitter, y + jitter), FAR_SIZES[size])
+
+
+def _generate_far(
+    num_classes: int, images_per_class: int, image_size: int, seed: int
+) -> SyntheticImages:
+    if not 2 <= num_classes <= len(FAR_CLASSES):
+        raise ValueError(f"num_classes must be in 2..{len(FAR_CLASSES)} for far, got {num_classes}")
+    looks = _catalogue()
+    count = num_classes * images_per_class
+    images = np.empty((count, image_size, image_size, 3), np.uint8)
+    labels = np.repeat(np.arange(num_classes, dtype=np.int64), images_per_class)
+    for position, (class_index, image_index) in enumerate(
+        itertools.product(range(num_classes), range(images_per_class))
+    ):
+        rng = np.random.default_rng([seed, 2, class_index, image_index])
+        look = looks[int(rng.integers(len(looks)))]
+        placement = _far_placement(*FAR_CLASSES[class_index])
+        images[position] = render(look, image_size, rng, placement)
+    names = tuple(f"{size}-{place}" for size, place in FAR_CLASSES[:num_classes])
+    return SyntheticImages(images, labels, names)
 
 
 def write_image_folder(
@@ -174,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m trainers.synthetic",
         description="Write a generated task as a folder of class subfolders of PNG images.",
     )
-    parser.add_argument("--task", choices=("source", "target"), default="target")
+    parser.add_argument("--task", choices=get_args(Task), default="target")
     parser.add_argument("--classes", type=int, default=8)
     parser.add_argument("--images-per-class", type=int, default=50)
     parser.add_argument("--image-size", type=int, default=64)

@@ -33,6 +33,8 @@ class Script:
     #: Training loss of each epoch (default: slowly falling).
     losses: tuple[float, ...] = ()
     num_classes: int = 4
+    #: Validation images the worker says it holds: the collapse rules' noise depends on it.
+    validation_images: int = 400
     #: After reporting this epoch, SIGKILL itself (the OOM killer, a lost node).
     die_after: int | None = None
     #: After reporting `fail_after` epochs, fail the way the real worker reports an exception.
@@ -66,7 +68,9 @@ class ScriptedWorker:
         with open(request.log_path, "a", encoding="utf-8") as log:  # as the real worker's log
             log.write(f"trial {request.trial_number}: scripted worker pid {os.getpid()}\n")
         try:
-            connection.send(Started(script.num_classes, 32, 8, request.config_yaml))
+            connection.send(
+                Started(script.num_classes, 32, script.validation_images, request.config_yaml)
+            )
             epochs = TrainConfig.from_yaml(request.config_yaml).total_epochs
             for index in range(min(epochs, len(script.accuracies))):
                 if script.fail is not None and index == script.fail_after:

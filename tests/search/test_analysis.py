@@ -9,7 +9,7 @@ import pandas as pd
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.analysis import strategy_table, trials_frame, unfrozen_units
+from search.analysis import pruned_trials, strategy_table, trials_frame, unfrozen_units
 from search.vocabulary import TrialAttr
 from tests.conftest import small_config_dict
 from trainers.config import TrainConfig
@@ -29,6 +29,7 @@ def _trial(
     value: float | None,
     config_yaml: str | None,
     state: TrialState = TrialState.COMPLETE,
+    user_attrs: dict[str, Any] | None = None,
 ) -> optuna.trial.FrozenTrial:
     distributions = {
         name: CategoricalDistribution((True, False))
@@ -41,7 +42,8 @@ def _trial(
         value=value,
         params=params,
         distributions=distributions,
-        user_attrs={} if config_yaml is None else {TrialAttr.CONFIG_YAML: config_yaml},
+        user_attrs=({} if config_yaml is None else {TrialAttr.CONFIG_YAML: config_yaml})
+        | (user_attrs or {}),
     )
 
 
@@ -54,6 +56,12 @@ def _study() -> optuna.Study:
     study.add_trial(_trial({"unfreeze_blocks": 3, "freeze_bn": False}, 0.8, _config_yaml(5)))
     # A trial that failed before its config was recorded.
     study.add_trial(_trial({"unfreeze_level": 2}, None, None, state=TrialState.FAIL))
+    # A pruned trial, with the numbers behind the decision.
+    evidence = "best 0.850 → 0.550, 0.560 at epochs 3–4 (−29.0 pts; noise ±6.5 pts)"
+    pruned_attrs = {TrialAttr.PRUNE_REASON: "unfreeze_shock", TrialAttr.PRUNE_EVIDENCE: evidence}
+    study.add_trial(
+        _trial({"unfreeze_level": 2}, None, None, TrialState.PRUNED, user_attrs=pruned_attrs)
+    )
     return study
 
 
@@ -67,7 +75,15 @@ def test_trials_frame_records_the_units_each_trial_unfroze() -> None:
 def test_an_old_studys_unfreeze_blocks_parameter_shows_as_unfreeze_level() -> None:
     frame = trials_frame(_study())
     assert "unfreeze_blocks" not in frame.columns
-    assert frame["unfreeze_level"].tolist() == [1, 0, 3, 2]
+    assert frame["unfreeze_level"].tolist() == [1, 0, 3, 2, 2]
+
+
+def test_pruned_trials_show_their_reason_and_evidence() -> None:
+    pruned = pruned_trials(trials_frame(_study()))
+    assert pruned.index.tolist() == [4]
+    assert pruned.loc[4, "outcome"] == "PRUNED: unfreeze_shock"
+    assert pruned.loc[4, "prune_evidence"].startswith("best 0.850 → 0.550, 0.560 at epochs 3–4")
+    assert pd.isna(trials_frame(_study()).loc[0, "prune_evidence"])
 
 
 def test_the_deepest_phase_counts_not_the_last() -> None:

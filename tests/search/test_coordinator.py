@@ -38,12 +38,17 @@ from trainers.config import TrainConfig
 HEALTHY = Script(accuracies=(0.5, 0.7, 0.8))
 # The seed guide's LR 1e-2 curve (120 classes) with a rising training loss: a collapse.
 COLLAPSING = Script(
-    accuracies=(0.4310, 0.2444, 0.1594, 0.1439), losses=(2.9, 3.3, 3.7, 3.8), num_classes=120
+    accuracies=(0.4310, 0.2444, 0.1594, 0.1439),
+    losses=(2.9, 3.3, 3.7, 3.8),
+    num_classes=120,
+    validation_images=2400,
 )
-AT_CHANCE = Script(accuracies=(0.25, 0.25, 0.25))
+# At chance on 2,000 images: measurably inside the band above chance (below 28.75%).
+AT_CHANCE = Script(accuracies=(0.25, 0.25, 0.25), validation_images=2000)
 NAN_AT_2 = Script(accuracies=(0.5, math.nan, 0.8))
-# A two-phase trial whose first fine-tune epoch loses most of what the head learned.
-UNFREEZE_SHOCK = Script(accuracies=(0.8, 0.85, 0.86, 0.4, 0.5, 0.6), phases=(1, 1, 1, 2, 2, 2))
+# A two-phase trial whose fine-tuning loses most of what the head learned and does not recover
+# within the shock rule's patience (one epoch).
+UNFREEZE_SHOCK = Script(accuracies=(0.8, 0.85, 0.86, 0.4, 0.45, 0.6), phases=(1, 1, 1, 2, 2, 2))
 DIES_AT_1 = Script(die_after=1)
 SLOW = Script(accuracies=(0.5, 0.6, 0.7), seconds_per_epoch=1.0)
 
@@ -191,17 +196,29 @@ def three_epochs_a_phase(trial: Suggester, data_source: str) -> TrainConfig:
 
 
 @pytest.mark.parametrize(
-    ("script", "first", "reason", "epochs"),
+    ("script", "first", "reason", "epochs", "evidence"),
     [
-        (COLLAPSING, PRETRAINED_HEAD_ONLY, Reason.COLLAPSE, 3),  # the guide: by its 3rd epoch
-        (AT_CHANCE, PRETRAINED_HEAD_ONLY, Reason.CHANCE, 2),
-        (UNFREEZE_SHOCK, PRETRAINED_FINE_TUNE, Reason.UNFREEZE_SHOCK, 4),
-        (NAN_AT_2, PRETRAINED_HEAD_ONLY, Reason.NAN, 2),
+        # the guide: by its 3rd epoch
+        (COLLAPSING, PRETRAINED_HEAD_ONLY, Reason.COLLAPSE, 3, "peak 0.431 at epoch 1 → "),
+        (AT_CHANCE, PRETRAINED_HEAD_ONLY, Reason.CHANCE, 2, "best 0.250 by epoch 2"),
+        (UNFREEZE_SHOCK, PRETRAINED_FINE_TUNE, Reason.UNFREEZE_SHOCK, 5, "best 0.860 → 0.400"),
+        (
+            NAN_AT_2,
+            PRETRAINED_HEAD_ONLY,
+            Reason.NAN,
+            2,
+            "loss nan, val_accuracy nan, val_loss nan at epoch 2",
+        ),
     ],
     ids=["collapse", "chance", "unfreeze_shock", "nan"],
 )
 def test_collapse_rules_stop_the_worker_and_record_their_reason(
-    tiny: TinyStudy, script: Script, first: EnqueuedTrial, reason: Reason, epochs: int
+    tiny: TinyStudy,
+    script: Script,
+    first: EnqueuedTrial,
+    reason: Reason,
+    epochs: int,
+    evidence: str,
 ) -> None:
     if script is COLLAPSING:  # six epochs to play, so the stop is visible
         first = EnqueuedTrial(first.label, {**first.params, "unfreeze_level": 1})
@@ -210,6 +227,8 @@ def test_collapse_rules_stop_the_worker_and_record_their_reason(
     trial = outcome.trial(0)
     assert trial.state == TrialState.PRUNED
     assert trial.user_attrs[TrialAttr.PRUNE_REASON] == reason
+    # The numbers behind the decision go with it: trial, MLflow run and the printed line.
+    assert trial.user_attrs[TrialAttr.PRUNE_EVIDENCE].startswith(evidence)
     # The worker was told to stop at that epoch, with the reason: no later epoch was played,
     # though the config and the script had more.
     epoch_lines = [line for line in outcome.lines if line.startswith("  trial   0 epoch")]
@@ -222,7 +241,8 @@ def test_collapse_rules_stop_the_worker_and_record_their_reason(
     assert max(trial.intermediate_values) == (epochs - 1 if reason == Reason.NAN else epochs)
     run = outcome.run(0)
     assert run.info.status == "FINISHED" and run.data.tags["prune_reason"] == reason
-    assert f"PRUNED   {reason} at epoch {epochs}" in _finished_line(outcome, 0)
+    assert run.data.tags["prune_evidence"] == trial.user_attrs[TrialAttr.PRUNE_EVIDENCE]
+    assert f"PRUNED   {reason} at epoch {epochs}: {evidence}" in _finished_line(outcome, 0)
 
 
 def test_the_median_pruner_decides_after_the_collapse_rules(tiny: TinyStudy) -> None:
@@ -239,6 +259,7 @@ def test_the_median_pruner_decides_after_the_collapse_rules(tiny: TinyStudy) -> 
     ]
     assert outcome.trial(2).user_attrs[TrialAttr.PRUNE_REASON] == "median"
     assert outcome.run(2).data.tags["prune_reason"] == "median"
+    assert outcome.trial(2).user_attrs[TrialAttr.PRUNE_EVIDENCE] == "0.400 at epoch 1"
     # Two completed trials with different values and parameters: the parent run gets the
     # optimization history, the parameter importances and the outcome chart.
     client = MlflowClient(tiny.tracking_uri)

@@ -156,7 +156,16 @@ def test_drop_connect_is_rejected_for_backbones_without_it() -> None:
 def test_source_formats_are_checked() -> None:
     raw = small_config_dict()
     raw["data"]["source"] = "synthetic:imagenet"
-    assert "synthetic task 'imagenet' is unknown" in _error_for(raw)
+    message = _error_for(raw)
+    assert (
+        "synthetic task 'imagenet' is unknown; allowed: synthetic:source, synthetic:target, "
+        "synthetic:far" in message
+    )
+    raw["data"]["source"] = "synthetic:far"
+    raw["data"]["synthetic"] = {"classes": 12}
+    assert "synthetic.classes: synthetic:far has 10 classes, got 12" in _error_for(raw)
+    raw["data"]["synthetic"] = {"classes": 10}
+    assert TrainConfig.from_dict(raw).data.source == "synthetic:far"
     raw["data"]["source"] = "tfds:"
     assert "data.source: 'tfds:' needs a dataset name" in _error_for(raw)
     raw["data"]["source"] = "data/dogs"

@@ -51,3 +51,31 @@ def test_bad_task_arguments_are_errors() -> None:
         task_classes("imagenet", 3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"2\.\.120"):
         task_classes("source", 1)
+
+
+def test_the_far_task_is_where_and_how_big_whatever_the_look() -> None:
+    data = generate("far", num_classes=10, images_per_class=30, image_size=32)
+    assert data.class_names[:2] == ("small-top-left", "small-top-right")
+    assert data.class_names[5:] == (
+        "large-top-left",
+        "large-top-right",
+        "large-bottom-left",
+        "large-bottom-right",
+        "large-centre",
+    )
+    # Objects are brighter than the background on average: a class's mean image is brightest
+    # in the quadrant where its objects sit, and large objects cover more than small ones.
+    brightness = data.images.astype(np.float32).mean(axis=3)
+    quadrants = {"top-left": (0, 0), "top-right": (0, 1), "bottom-left": (1, 0)}
+    for name, (row, column) in quadrants.items():
+        mean = brightness[data.labels == data.class_names.index(f"large-{name}")].mean(axis=0)
+        cells = mean.reshape(2, 16, 2, 16).mean(axis=(1, 3))
+        assert np.unravel_index(cells.argmax(), cells.shape) == (row, column), name
+    large = brightness[data.labels == data.class_names.index("large-centre")].mean()
+    small = brightness[data.labels == data.class_names.index("small-centre")].mean()
+    assert large > small
+    # Deterministic like the other tasks, and its looks come from the whole catalogue.
+    again = generate("far", num_classes=2, images_per_class=30, image_size=32)
+    assert np.array_equal(data.images[:60], again.images)
+    with pytest.raises(ValueError, match=r"2\.\.10 for far"):
+        generate("far", num_classes=11, images_per_class=2, image_size=32)

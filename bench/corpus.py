@@ -1,0 +1,195 @@
+"""A corpus of learning curves: configurations trained to completion with pruning off.
+
+Pruners are judged offline on it (`bench.replay`): every configuration's whole curve is known,
+so what a pruner would have stopped, and what that stop would have cost, is exact, and a new
+pruner costs no training to try. A corpus is one JSON file per generated task:
+
+- `near`: `synthetic:target`, the demo's task; the frozen backbone is already good there.
+- `far`: `synthetic:far`, where an object sits and how big it is, which pretraining taught the
+  backbone to ignore; the head's accuracy stays low and fine-tuning decides.
+
+Configurations are drawn from `BENCH_SPACE` (the demo's space with a deeper ladder, longer
+fine-tuning and more validation images) by Optuna's `RandomSampler` with a fixed seed, so the
+corpus depends only on the seed and the task. Each is trained in this process by the project's
+trainer (`trainers.fit.fit`), exactly as a worker would, with no report hook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from search.pruning import EpochView
+from spaces import demo
+from spaces.finetune import FineTuneSpace
+
+#: The tasks, by name: their data source and images per class.
+TASKS = {"near": "synthetic:target", "far": "synthetic:far"}
+
+BENCH_SPACE = dataclasses.replace(
+    demo.SPACE,
+    unfreeze_ladder=(0, 1, 2, 4, 6, 9, 13),
+    head_epochs=(2, 3),
+    ft_epochs=(3, 5),
+    validation=0.3,
+    synthetic={"classes": 10, "images_per_class": 80},
+)
+
+
+@dataclass(frozen=True)
+class CurveRecord:
+    """One configuration's whole curve, as the worker reported it epoch by epoch."""
+
+    number: int
+    params: dict[str, Any]
+    unfreezing_phases: tuple[int, ...]
+    epochs: tuple[EpochView, ...]
+    seconds: float = 0.0
+
+    @property
+    def best(self) -> float:
+        """The objective had it run to the end: best validation accuracy over the epochs with
+        finite metrics (a non-finite loss ends a trial, and that epoch counts for nothing)."""
+        finite = [
+            epoch.val_accuracy
+            for epoch in self.epochs
+            if all(math.isfinite(v) for v in (epoch.loss, epoch.val_accuracy, epoch.val_loss))
+        ]
+        return max(finite, default=0.0)
+
+    @property
+    def best_epoch(self) -> int:
+        """How many epochs it took to reach `best`."""
+        return next(i for i, e in enumerate(self.epochs, 1) if e.val_accuracy == self.best)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    task: str
+    data_source: str
+    num_classes: int
+    validation_images: int
+    seed: int
+    records: tuple[CurveRecord, ...]
+
+    def save(self, path: Path) -> Path:
+        payload = {
+            "task": self.task,
+            "data_source": self.data_source,
+            "num_classes": self.num_classes,
+            "validation_images": self.validation_images,
+            "seed": self.seed,
+            "records": [
+                {
+                    "number": record.number,
+                    "params": record.params,
+                    "unfreezing_phases": list(record.unfreezing_phases),
+                    "seconds": round(record.seconds, 1),
+                    "epochs": [
+                        {
+                            "epoch": e.epoch,
+                            "phase": e.phase,
+                            "loss": round(e.loss, 5),
+                            "val_accuracy": round(e.val_accuracy, 5),
+                            "val_loss": round(e.val_loss, 5),
+                        }
+                        for e in record.epochs
+                    ],
+                }
+                for record in self.records
+            ],
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Corpus:
+        payload = json.loads(path.read_text())
+        records = tuple(
+            CurveRecord(
+                number=int(item["number"]),
+                params=dict(item["params"]),
+                unfreezing_phases=tuple(item["unfreezing_phases"]),
+                seconds=float(item.get("seconds", 0.0)),
+                epochs=tuple(EpochView(**epoch) for epoch in item["epochs"]),
+            )
+            for item in payload["records"]
+        )
+        return cls(
+            task=payload["task"],
+            data_source=payload["data_source"],
+            num_classes=int(payload["num_classes"]),
+            validation_images=int(payload["validation_images"]),
+            seed=int(payload["seed"]),
+            records=records,
+        )
+
+
+def build_corpus(
+    task: str,
+    *,
+    configurations: int,
+    seed: int = 0,
+    space: FineTuneSpace = BENCH_SPACE,
+    progress: Callable[[str], None] = print,
+) -> Corpus:
+    """Train `configurations` configurations of `space` on `task` to completion."""
+    import keras
+
+    from trainers.data import load_datasets
+    from trainers.fit import fit
+
+    data_source = TASKS[task]
+    sampler = optuna.samplers.RandomSampler(seed=seed)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    records: list[CurveRecord] = []
+    num_classes = validation_images = 0
+    started = time.monotonic()
+    for number in range(configurations):
+        trial = study.ask()
+        config = space.sample(trial, data_source)
+        began = time.monotonic()
+        keras.backend.clear_session()
+        datasets = load_datasets(config)
+        num_classes, validation_images = datasets.num_classes, datasets.validation_count
+        result = fit(config, datasets=datasets, log=lambda _message: None)
+        epochs = tuple(
+            EpochView.from_metrics(int(row["epoch"]), row) for row in result.history.records
+        )
+        record = CurveRecord(
+            number=number,
+            params=dict(trial.params),
+            unfreezing_phases=tuple(
+                n for n, phase in enumerate(config.phases, 1) if phase.unfreeze_blocks > 0
+            ),
+            epochs=epochs,
+            seconds=time.monotonic() - began,
+        )
+        records.append(record)
+        study.tell(trial, record.best)
+        curve = " ".join(f"{epoch.val_accuracy:.2f}" for epoch in epochs)
+        progress(
+            f"{task} {number + 1:>3}/{configurations}  best {record.best:.3f}  [{curve}]  "
+            f"{record.seconds:.0f}s, {time.monotonic() - started:.0f}s elapsed"
+        )
+    return Corpus(task, data_source, num_classes, validation_images, seed, tuple(records))
+
+
+def corpus_path(folder: Path, task: str) -> Path:
+    return folder / f"pruning_{task}.json"
+
+
+def tasks_in(names: Sequence[str]) -> list[str]:
+    unknown = [name for name in names if name not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task {unknown[0]!r}; allowed: {', '.join(TASKS)}")
+    return list(names)

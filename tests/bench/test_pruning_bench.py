@@ -1,0 +1,132 @@
+"""bench.pruning: replaying pruner stacks on stored curves gives exact, known figures."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from bench import pruning
+from bench.corpus import BENCH_SPACE, TASKS, Corpus, build_corpus, corpus_path
+from bench.replay import PrunerStack, replay, winners
+
+TINY = Path(__file__).parent / "tiny_corpus.json"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Corpus:
+    return Corpus.load(TINY)
+
+
+def test_winners_are_the_top_quarter_or_near_the_best(tiny: Corpus) -> None:
+    # Bests 0.70, 0.65, 0.40, 0.38, 0.28, 0.18, 0.10: the top quarter of 7 is the best 2.
+    assert winners(tiny) == {0, 1}
+
+
+def test_the_rules_before_the_noise_test_prune_the_best_curve_on_its_dip(tiny: Corpus) -> None:
+    result = replay(tiny, PrunerStack("old", noise_aware=False))
+    # Trial 0 dips 0.22 -> 0.18 at its first fine-tune epoch (4 points on 240 images), then
+    # reaches 0.70: pruned there as a shock, a false prune that hides the corpus's best.
+    assert dict(result.reasons) == {"unfreeze_shock": 2, "collapse": 1, "chance": 1}
+    assert result.false_prunes == 1
+    assert (result.epochs_total, result.epochs_run) == (28, 23)
+    assert result.best_reached == pytest.approx(0.65)
+    assert result.corpus_best == pytest.approx(0.70)
+
+
+def test_the_noise_aware_rules_keep_the_winner_and_catch_the_failures(tiny: Corpus) -> None:
+    result = replay(tiny, PrunerStack("rules"))
+    # The collapse (epoch 3), the trial stuck at chance (epoch 2) and the wrecked BatchNorm
+    # (back at chance on its first fine-tune epoch) are still pruned.
+    assert dict(result.reasons) == {"unfreeze_shock": 1, "collapse": 1, "chance": 1}
+    assert result.false_prunes == 0
+    assert (result.epochs_total, result.epochs_run) == (28, 24)
+    assert result.epochs_saved == pytest.approx(4 / 28)
+    assert result.best_reached == pytest.approx(0.70)
+
+
+def test_the_median_pruner_acts_after_the_rules(tiny: Corpus) -> None:
+    stack = PrunerStack("rules + median", optuna_pruner=pruning.STACKS[-1].optuna_pruner)
+    result = replay(tiny, stack)
+    # Three trials have completed when trial 6 (0.15 .. 0.17) reaches epoch 3, the end of the
+    # demo pruner's warm-up: below their median, so the median's call.
+    assert result.reasons["median"] == 1
+    assert result.false_prunes == 0
+    assert result.epochs_run == 23
+
+
+def test_quick_mode_replays_the_stored_corpus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = Corpus.load(TINY)
+    for task in ("near", "far"):
+        Corpus(task, corpus.data_source, 10, 240, 0, corpus.records).save(
+            corpus_path(tmp_path, task)
+        )
+    assert pruning.main(["--quick", "--corpus-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # Both tasks count: 8 of 56 epochs saved, no winner lost.
+    assert lines[-1] == "collapse rules: 14% epochs saved, 0 false prunes of top-quarter trials"
+    assert lines[-2].startswith("collapse rules + median: 18% epochs saved")
+    rows = [line for line in lines if line.startswith(("near ", "far "))]
+    assert len(rows) == 2 * len(pruning.STACKS)
+
+
+def test_quick_mode_without_a_corpus_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        pruning.main(["--quick", "--corpus-dir", str(tmp_path / "missing")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: no stored corpus")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_the_committed_corpus_figures() -> None:
+    # The real curves (bench/corpus/), 30 configurations a task trained to their end.
+    results = {
+        (corpus.task, result.stack): result
+        for corpus in (Corpus.load(corpus_path(pruning.DEFAULT_CORPUS_DIR, t)) for t in TASKS)
+        for result in (replay(corpus, stack) for stack in pruning.STACKS)
+    }
+    before, after = "collapse rules, no noise test", pruning.COLLAPSE_RULES
+    # Far from pretraining, the rules without the noise test pruned a top-quarter fine-tune
+    # (0.200 -> 0.146 at its first unfrozen epoch, 5 points on 240 images, then 0.421); with
+    # it, no winner is lost, and the one shock left is a BatchNorm wreck (0.21 -> 0.10, 0.09).
+    assert (results["far", before].false_prunes, results["far", after].false_prunes) == (1, 0)
+    assert dict(results["far", after].reasons) == {"unfreeze_shock": 1}
+    # Near it, one top-quarter configuration is pruned either way, two epochs after its best:
+    # its head reached 0.908 and fine-tuning lost 18 points without recovering.
+    near = results["near", after]
+    assert (near.false_prunes, near.false_prunes_after_best) == (1, 1)
+    # Every stack still reaches each corpus's best.
+    assert all(result.best_reached == result.corpus_best for result in results.values())
+
+
+@pytest.mark.slow
+def test_a_corpus_is_built_by_training_each_configuration_to_its_end(tmp_path: Path) -> None:
+    tiny_space = dataclasses.replace(
+        BENCH_SPACE,
+        image_size=32,
+        head_epochs=(1,),
+        ft_epochs=(1,),
+        synthetic={"classes": 4, "images_per_class": 10},
+        weights=None,
+    )
+    lines: list[str] = []
+    corpus = build_corpus("far", configurations=2, space=tiny_space, progress=lines.append)
+    assert (corpus.num_classes, corpus.validation_images) == (4, 12)
+    assert [record.number for record in corpus.records] == [0, 1]
+    for record in corpus.records:
+        # Pruning off: every epoch of the config ran, its phases recorded.
+        unfreezes = record.params["unfreeze_level"] > 0
+        assert [epoch.phase for epoch in record.epochs] == ([1, 2] if unfreezes else [1])
+        assert record.unfreezing_phases == ((2,) if unfreezes else ())
+    assert len(lines) == 2 and lines[0].startswith("far   1/2  best ")
+    loaded = Corpus.load(corpus.save(corpus_path(tmp_path, "far")))
+    assert [record.params for record in loaded.records] == [r.params for r in corpus.records]
+    stored = [epoch.val_accuracy for record in loaded.records for epoch in record.epochs]
+    trained = [epoch.val_accuracy for record in corpus.records for epoch in record.epochs]
+    assert stored == pytest.approx(trained, abs=1e-5)
