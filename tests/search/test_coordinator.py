@@ -46,9 +46,9 @@ COLLAPSING = Script(
 # At chance on 2,000 images: measurably inside the band above chance (below 28.75%).
 AT_CHANCE = Script(accuracies=(0.25, 0.25, 0.25), validation_images=2000)
 NAN_AT_2 = Script(accuracies=(0.5, math.nan, 0.8))
-# A two-phase trial whose fine-tuning loses most of what the head learned and does not recover
-# within the shock rule's patience (one epoch).
-UNFREEZE_SHOCK = Script(accuracies=(0.8, 0.85, 0.86, 0.4, 0.45, 0.6), phases=(1, 1, 1, 2, 2, 2))
+# A two-phase trial whose fine-tuning loses a third of what the head learned (not a wreck) and
+# does not recover within the shock rule's patience (one epoch).
+UNFREEZE_SHOCK = Script(accuracies=(0.8, 0.85, 0.86, 0.6, 0.62, 0.7), phases=(1, 1, 1, 2, 2, 2))
 DIES_AT_1 = Script(die_after=1)
 SLOW = Script(accuracies=(0.5, 0.6, 0.7), seconds_per_epoch=1.0)
 
@@ -201,7 +201,13 @@ def three_epochs_a_phase(trial: Suggester, data_source: str) -> TrainConfig:
         # the guide: by its 3rd epoch
         (COLLAPSING, PRETRAINED_HEAD_ONLY, Reason.COLLAPSE, 3, "peak 0.431 at epoch 1 → "),
         (AT_CHANCE, PRETRAINED_HEAD_ONLY, Reason.CHANCE, 2, "best 0.250 by epoch 2"),
-        (UNFREEZE_SHOCK, PRETRAINED_FINE_TUNE, Reason.UNFREEZE_SHOCK, 5, "best 0.860 → 0.400"),
+        (
+            UNFREEZE_SHOCK,
+            PRETRAINED_FINE_TUNE,
+            Reason.UNFREEZE_SHOCK,
+            5,
+            "best 0.860 → 0.600, 0.620",
+        ),
         (
             NAN_AT_2,
             PRETRAINED_HEAD_ONLY,
