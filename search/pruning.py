@@ -62,6 +62,7 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial
 
+from search.noise import Noise
 from search.vocabulary import Reason
 
 
@@ -143,35 +144,6 @@ class PruneDecision:
         return f"{self.reason}: {self.evidence}" if self.evidence else self.reason
 
 
-@dataclass(frozen=True)
-class Noise:
-    """Measurement noise of validation accuracies on `images` images (None: not known)."""
-
-    images: int | None
-    z: float
-
-    def _variance(self, accuracy: float) -> float:
-        if not self.images:
-            return 0.0
-        # (k + 1) / (n + 2): a measured 0% or 100% is still uncertain.
-        smoothed = (accuracy * self.images + 1.0) / (self.images + 2.0)
-        return smoothed * (1.0 - smoothed) / self.images
-
-    def of_difference(self, first: float, second: float) -> float:
-        """Half-width of the noise band of `first - second`: z standard errors."""
-        return self.z * math.sqrt(self._variance(first) + self._variance(second))
-
-    def of_accuracy(self, accuracy: float) -> float:
-        return self.z * math.sqrt(self._variance(accuracy))
-
-    @property
-    def known(self) -> bool:
-        return bool(self.images)
-
-    def describe(self, band: float) -> str:
-        return f"noise ±{100 * band:.1f} pts" if self.known else "noise unknown"
-
-
 def find_collapse(
     epochs: Sequence[EpochView],
     *,
@@ -194,11 +166,12 @@ def find_collapse(
         return PruneDecision(Reason.NAN, f"{', '.join(not_finite)} at epoch {latest.epoch}")
     if num_classes < 2:
         return None
-    curve = _Curve(epochs, 1.0 / num_classes, Noise(validation_images, rules.noise_z), rules)
+    noise = Noise(validation_images, rules.noise_z)
+    curve = _Curve(epochs, 1.0 / num_classes, frozenset(unfreezing_phases), noise, rules)
     for rule in (curve.stuck_near_chance, curve.unfreeze_shock, curve.peak_then_fall):
-        evidence = rule(set(unfreezing_phases))
-        if evidence is not None:
-            return evidence
+        decision = rule()
+        if decision is not None:
+            return decision
     return None
 
 
@@ -218,8 +191,12 @@ def _span(epochs: Sequence[EpochView]) -> str:
 
 @dataclass(frozen=True)
 class _Curve:
+    """One trial's epochs so far, and what the rules need to judge them."""
+
     epochs: Sequence[EpochView]
     chance: float
+    #: Phase numbers (from 1) that unfreeze backbone blocks.
+    unfreezing: frozenset[int]
     noise: Noise
     rules: CollapseRules
 
@@ -241,7 +218,7 @@ class _Curve:
             and drop > self.noise.of_difference(reference, accuracy)
         )
 
-    def stuck_near_chance(self, _unfreezing: set[int]) -> PruneDecision | None:
+    def stuck_near_chance(self) -> PruneDecision | None:
         rules, epochs = self.rules, self.epochs
         if len(epochs) < rules.chance_grace_epochs:
             return None
@@ -259,13 +236,13 @@ class _Curve:
             f"(band below {top:.3f}; {self.noise.describe(band)})",
         )
 
-    def unfreeze_shock(self, unfreezing: set[int]) -> PruneDecision | None:
+    def unfreeze_shock(self) -> PruneDecision | None:
         epochs, rules = self.epochs, self.rules
         phase = epochs[-1].phase
         start = len(epochs)
         while start > 0 and epochs[start - 1].phase == phase:
             start -= 1
-        if start == 0 or phase not in unfreezing:
+        if start == 0 or phase not in self.unfreezing:
             return None
         before, since = epochs[:start], epochs[start:]
         best = max(before, key=lambda epoch: epoch.val_accuracy).val_accuracy
@@ -291,7 +268,7 @@ class _Curve:
             return PruneDecision(Reason.UNFREEZE_SHOCK, evidence + f"{self.noise.describe(band)})")
         return None
 
-    def peak_then_fall(self, _unfreezing: set[int]) -> PruneDecision | None:
+    def peak_then_fall(self) -> PruneDecision | None:
         epochs, rules = self.epochs, self.rules
         if len(epochs) <= rules.collapse_patience:
             return None

@@ -10,10 +10,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from search.noise import Noise
 from search.pruning import (
     CollapseRules,
     EpochView,
-    Noise,
     find_collapse,
     optuna_decision,
     pruner_name,
