@@ -8,6 +8,7 @@ reason), false prunes of winners, and the best value the stack still reached; th
 the collapse rules' figures over both tasks.
 
     python -m bench.pruning --quick
+    python -m bench.pruning --quick --plots bench/corpus   # and where each stack prunes, as PNG
     python -m bench.pruning --tasks far --configurations 30     # about 20 minutes on 2 cores
 
 Stacks: the collapse rules as they were before the noise test (no validation count), the
@@ -25,6 +26,7 @@ from pathlib import Path
 import optuna
 
 from bench.corpus import TASKS, Corpus, build_corpus, corpus_path
+from bench.plots import plot_prunes
 from bench.replay import PrunerStack, ReplayResult, replay
 from search.studies import get_study_spec
 
@@ -74,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--configurations", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0, help="seeds the configurations drawn")
     parser.add_argument("--corpus-dir", type=Path, default=DEFAULT_CORPUS_DIR)
+    parser.add_argument(
+        "--plots", type=Path, metavar="DIR", help="also draw where each stack prunes, per task"
+    )
     args = parser.parse_args(argv)
     if args.configurations < 1:
         parser.exit(2, f"error: --configurations must be >= 1, got {args.configurations}\n")
@@ -96,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{corpus.task}: {len(corpus.records)} configurations of {corpus.data_source}, "
             f"{corpus.num_classes} classes, {corpus.validation_images} validation images"
         )
+    if args.plots is not None:
+        for corpus in corpora:
+            mine = [result for result in results if result.task == corpus.task]
+            print(f"wrote {plot_prunes(corpus, mine, args.plots / f'pruning_{corpus.task}.png')}")
     print("\n".join(table(results)))
     print(summary(results, STACKS[-1].name))
     print(summary(results, COLLAPSE_RULES))

@@ -55,6 +55,8 @@ class ReplayResult:
     best_reached: float
     corpus_best: float
     reasons: Counter[str] = field(default_factory=Counter)
+    #: Epochs each pruned configuration ran, by its number.
+    pruned_at: dict[int, int] = field(default_factory=dict)
 
     @property
     def pruned(self) -> int:
@@ -115,6 +117,7 @@ def replay(corpus: Corpus, stack: PrunerStack) -> ReplayResult:
         study = optuna.create_study(direction="maximize", pruner=stack.optuna_pruner())
     must_keep = winners(corpus)
     reasons: Counter[str] = Counter()
+    pruned_at: dict[int, int] = {}
     epochs_run = false_prunes = false_prunes_after_best = 0
     best_reached = -math.inf
     for record in corpus.records:
@@ -124,6 +127,7 @@ def replay(corpus: Corpus, stack: PrunerStack) -> ReplayResult:
             best_reached = max(best_reached, record.best)
             continue
         reasons[decision.reason] += 1
+        pruned_at[record.number] = ran
         if record.number in must_keep:
             false_prunes += 1
             false_prunes_after_best += ran >= record.best_epoch
@@ -138,4 +142,5 @@ def replay(corpus: Corpus, stack: PrunerStack) -> ReplayResult:
         best_reached=best_reached,
         corpus_best=max((record.best for record in corpus.records), default=math.nan),
         reasons=reasons,
+        pruned_at=pruned_at,
     )

@@ -64,8 +64,13 @@ def test_quick_mode_replays_the_stored_corpus(
         Corpus(task, corpus.data_source, 10, 240, 0, corpus.records).save(
             corpus_path(tmp_path, task)
         )
-    assert pruning.main(["--quick", "--corpus-dir", str(tmp_path)]) == 0
+    plots = tmp_path / "plots"
+    assert pruning.main(["--quick", "--corpus-dir", str(tmp_path), "--plots", str(plots)]) == 0
     lines = capsys.readouterr().out.splitlines()
+    # One picture per task of where each stack prunes.
+    for task in ("near", "far"):
+        assert f"wrote {plots / f'pruning_{task}.png'}" in lines
+        assert (plots / f"pruning_{task}.png").read_bytes().startswith(b"\x89PNG")
     # Both tasks count: 8 of 56 epochs saved, no winner lost.
     assert lines[-1] == "collapse rules: 14% epochs saved, 0 false prunes of top-quarter trials"
     assert lines[-2].startswith("collapse rules + median: 18% epochs saved")
