@@ -101,7 +101,7 @@ def test_chance_rule_scales_with_the_number_of_classes() -> None:
     # Six classes: 17% is chance level and 0.5 points is not learning; 40% is well above it.
     assert first_pruned_epoch(curve([0.170, 0.175, 0.170]), 6) == (2, "chance")
     assert first_pruned_epoch(curve([0.40, 0.40, 0.41]), 6) is None
-    # With 600 validation images, 17% is still measurably inside the band (below 30.8%).
+    # With 600 validation images, 17% is still measurably inside the band (below 20.8%).
     at_chance = curve([0.170, 0.175, 0.170])
     assert first_pruned_epoch(at_chance, 6, validation_images=600) == (2, "chance")
 
@@ -163,7 +163,7 @@ def test_small_dip_after_unfreezing_is_healthy(validation_images: int | None) ->
 
 
 def test_noise_level_dips_at_low_accuracy_go_on() -> None:
-    # The trials: 10 classes, 360 validation images, RandomAugment on.
+    # The trials: 10 classes, 360 validation images, RandAugment on.
     shock_dip = curve([0.130, 0.150, 0.142, 0.30, 0.55], phases=[1, 1, 2, 2, 2])
     head_dip = curve([0.150, 0.119, 0.125, 0.14], losses=[2.2, 2.2, 2.2, 2.2])
     for epochs in (shock_dip, head_dip):
