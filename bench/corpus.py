@@ -168,9 +168,7 @@ def build_corpus(
         record = CurveRecord(
             number=number,
             params=dict(trial.params),
-            unfreezing_phases=tuple(
-                n for n, phase in enumerate(config.phases, 1) if phase.unfreeze_blocks > 0
-            ),
+            unfreezing_phases=config.unfreezing_phases,
             epochs=epochs,
             seconds=time.monotonic() - began,
         )

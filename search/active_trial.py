@@ -63,11 +63,6 @@ class ActiveTrial:
         """The epochs so far, as the collapse rules read them."""
         return [EpochView.from_metrics(int(record["epoch"]), record) for record in self.records]
 
-    @property
-    def unfreezing_phases(self) -> list[int]:
-        """Phase numbers (from 1) that unfreeze backbone blocks."""
-        return [n for n, phase in enumerate(self.config.phases, 1) if phase.unfreeze_blocks > 0]
-
 
 def spawn_worker(
     context: SpawnContext, request: WorkerRequest, coordinator_pid: int, entry: WorkerEntry

@@ -197,7 +197,7 @@ class Coordinator:
             active.epoch_views,
             num_classes=active.num_classes,
             validation_images=active.validation_images,
-            unfreezing_phases=active.unfreezing_phases,
+            unfreezing_phases=active.config.unfreezing_phases,
             rules=self.spec.rules,
         )
         if collapse is not None and collapse.reason == Reason.NAN:

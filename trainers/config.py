@@ -284,6 +284,11 @@ class TrainConfig(_Frozen):
         """Whole backbone units the job unfreezes at its deepest; 0 for a linear probe."""
         return max(phase.unfreeze_blocks for phase in self.phases)
 
+    @property
+    def unfreezing_phases(self) -> tuple[int, ...]:
+        """Numbers (from 1) of the phases that unfreeze backbone units."""
+        return tuple(n for n, phase in enumerate(self.phases, 1) if phase.unfreeze_blocks > 0)
+
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
     """One line: where the YAML broke and why (PyYAML's own message spans several lines)."""

@@ -93,6 +93,8 @@ def test_sampled_configs_respect_bounds_and_conditionals(module: Any) -> None:
         blocks = space.unfreeze_ladder[level]
         assert "unfreeze_blocks" not in params  # the config field's name, never a parameter
         assert config.unfrozen_units == blocks
+        # The phase the collapse rules watch for an unfreeze shock: the fine-tune phase, if any.
+        assert config.unfreezing_phases == ((2,) if blocks else ())
         fine_tune_params = {"ft_optimizer", "ft_epochs", "freeze_bn"}
         if blocks == 0:
             # Conditional parameters exist only when blocks are unfrozen.
