@@ -4,15 +4,16 @@ Trains `--configurations` configurations (30) of the bench space on each generat
 completion with pruning off and stores their curves (`bench/corpus/pruning_TASK.json`), then
 replays every pruner stack on them offline (`bench.replay`). `--quick` replays the stored
 corpus only, in seconds (CI). Per stack and task it prints epochs saved, trials pruned (by
-reason), false prunes of winners, and the best value the stack still reached; the last line is
-the collapse rules' figures over both tasks.
+reason), false prunes of winners, and the best value the stack still reached; then each stack's
+figures over both tasks, the collapse rules' last.
 
     python -m bench.pruning --quick
     python -m bench.pruning --quick --plots bench/corpus   # and where each stack prunes, as PNG
     python -m bench.pruning --tasks far --configurations 30     # about 20 minutes on 2 cores
 
 Stacks: the collapse rules as they were before the noise test (no validation count), the
-collapse rules, and the collapse rules followed by the demo study's median pruner.
+collapse rules, and the collapse rules followed by each Optuna pruner a study can ask (median,
+asha, hyperband), with the demo study's settings.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -28,15 +30,23 @@ import optuna
 from bench.corpus import TASKS, Corpus, build_corpus, corpus_path
 from bench.plots import plot_prunes
 from bench.replay import PrunerStack, ReplayResult, replay
+from search.pruning import PRUNERS
 from search.studies import get_study_spec
 
 DEFAULT_CORPUS_DIR = Path(__file__).parent / "corpus"
 
 COLLAPSE_RULES = "collapse rules"
+#: The demo study's settings (warm-up, startup trials) for every Optuna pruner it can ask.
+_DEMO = get_study_spec("demo")
 STACKS = (
     PrunerStack("collapse rules, no noise test", noise_aware=False),
     PrunerStack(COLLAPSE_RULES),
-    PrunerStack("collapse rules + median", optuna_pruner=get_study_spec("demo").make_pruner),
+    *(
+        PrunerStack(
+            f"collapse rules + {name}", optuna_pruner=replace(_DEMO, pruner=name).make_pruner
+        )
+        for name in PRUNERS
+    ),
 )
 
 
@@ -106,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             mine = [result for result in results if result.task == corpus.task]
             print(f"wrote {plot_prunes(corpus, mine, args.plots / f'pruning_{corpus.task}.png')}")
     print("\n".join(table(results)))
-    print(summary(results, STACKS[-1].name))
+    for stack in STACKS:
+        if stack.optuna_pruner is not None:
+            print(summary(results, stack.name))
     print(summary(results, COLLAPSE_RULES))
     return 0
 

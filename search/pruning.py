@@ -294,8 +294,21 @@ class _Curve:
         )
 
 
+#: The Optuna pruners a study may ask after the collapse rules, by the name that is also the
+#: reason they record.
+PRUNERS: dict[str, type[BasePruner]] = {
+    "median": optuna.pruners.MedianPruner,
+    "asha": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+}
+
+
 def pruner_name(pruner: BasePruner) -> str:
-    """The reason recorded when an Optuna pruner stops a trial: its name (`median`, ...)."""
+    """The reason recorded when an Optuna pruner stops a trial: its name (`median`, `asha`,
+    `hyperband`; another pruner's class name, shortened)."""
+    for name, kind in PRUNERS.items():
+        if type(pruner) is kind:
+            return name
     return type(pruner).__name__.removesuffix("Pruner").lower() or "pruner"
 
 

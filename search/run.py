@@ -17,12 +17,14 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
 
 from search.active_trial import WorkerEntry
 from search.coordinator import run_study
+from search.pruning import PRUNERS
 from search.retry import RetryPolicy, StudyStoppedError
 from search.slots import SlotError, detect_gpus, parse_gpus, worker_environments
 from search.storage import DEFAULT_STORAGE, StorageError, check_storage_url, redact
@@ -45,6 +47,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Run (or resume) an Optuna study of fine-tuning strategies.",
     )
     parser.add_argument("--study", required=True, help=f"one of: {', '.join(sorted(STUDIES))}")
+    parser.add_argument(
+        "--pruner",
+        choices=tuple(PRUNERS),
+        help="the Optuna pruner asked after the collapse rules (default: the study's)",
+    )
     parser.add_argument(
         "--n-trials", type=int, help="target total of finished trials (default: the study's)"
     )
@@ -192,7 +199,10 @@ def main(argv: Sequence[str] | None = None, *, worker: WorkerEntry = run_worker)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        summary = run_study(get_study_spec(name), settings, worker=worker)
+        spec = get_study_spec(name)
+        if args.pruner is not None:
+            spec = replace(spec, pruner=args.pruner)
+        summary = run_study(spec, settings, worker=worker)
     except StudyMismatchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 
-from search.pruning import CollapseRules
+from search.pruning import PRUNERS, CollapseRules
 from spaces import demo, effnet_b0, effnet_b4, smoke
 from spaces.finetune import Suggester
 from trainers.config import TrainConfig
@@ -44,9 +44,11 @@ class StudySpec:
     n_trials: int
     enqueued: tuple[EnqueuedTrial, ...] = ()
     rules: CollapseRules = field(default_factory=CollapseRules)
+    #: The Optuna pruner asked after the collapse rules: one of `PRUNERS`.
+    pruner: str = "median"
     #: Trials that finish before the median pruner starts comparing.
     pruner_startup_trials: int = 5
-    #: Epochs before the median pruner may act: at least the longest head phase, so it
+    #: Epochs before the Optuna pruner may act: at least the longest head phase, so it
     #: compares fine-tuning strategies rather than how fast heads warm up.
     pruner_warmup_epochs: int = 8
     #: Random trials before TPE models the space (enqueued trials count).
@@ -69,12 +71,30 @@ class StudySpec:
                 constant_liar=True,
             )
 
+    def __post_init__(self) -> None:
+        if self.pruner not in PRUNERS:
+            raise ValueError(f"unknown pruner {self.pruner!r}; allowed: {', '.join(PRUNERS)}")
+
     def make_pruner(self) -> optuna.pruners.BasePruner:
         """The study's Optuna pruner, asked after the collapse rules (`rules`) let a trial go
-        on. A plain Optuna pruner, not a wrapper, so that Optuna sees what it is."""
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=self.pruner_startup_trials, n_warmup_steps=self.pruner_warmup_epochs
-        )
+        on. A plain Optuna pruner, not a wrapper, so that Optuna sees what it is (Hyperband's
+        per-bracket sampling depends on it).
+
+        The resource of `asha` and `hyperband` is the global epoch, and their first rung is the
+        first epoch after the warm-up: rungs never compare a head-only epoch of one trial with
+        a fine-tune epoch of another, since every trial's head phase ends within the warm-up
+        (a head-only trial ends there and is never compared at a rung)."""
+        if self.pruner == "median":
+            return optuna.pruners.MedianPruner(
+                n_startup_trials=self.pruner_startup_trials,
+                n_warmup_steps=self.pruner_warmup_epochs,
+            )
+        first_rung = self.pruner_warmup_epochs + 1
+        if self.pruner == "asha":
+            return optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=first_rung, reduction_factor=3
+            )
+        return optuna.pruners.HyperbandPruner(min_resource=first_rung, reduction_factor=3)
 
 
 #: The seed guide's known-good recipe (DESIGN.md): frozen phase at Adam 1e-3, then the top

@@ -1,10 +1,11 @@
 """Opening a study for a run: how to run it, and whether the command may continue it.
 
 `RunSettings` holds everything `search.run` parses. `open_study` creates the study or loads it,
-refuses (`StudyMismatchError`, one line) a command that would continue it with other data or a
-study whose trials still use a renamed parameter, records the data source, and enqueues the
-spec's known configurations once. Coordinators call it under the study lock, so several that
-start together on a fresh database create tables, study and queue one at a time.
+refuses (`StudyMismatchError`, one line) a command that would continue it with other data or
+another pruner, or a study whose trials still use a renamed parameter, records data source
+and pruner, and enqueues the spec's known configurations once. Coordinators call it under the
+study lock, so several that start together on a fresh database create tables, study and queue
+one at a time.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def open_study(
     if existing:
         _check_continues(study, spec, settings)
     study.set_user_attr(StudyAttr.DATA_SOURCE, settings.data_source)
+    study.set_user_attr(StudyAttr.PRUNER, spec.pruner)
     for known in spec.enqueued:
         # skip_if_exists: a coordinator that died half-way through this loop is completed by
         # the next one, and nothing is queued twice.
@@ -101,4 +103,12 @@ def _check_continues(study: optuna.Study, spec: StudySpec, settings: RunSettings
             f"study {spec.name!r} was started with data {recorded!r}, not "
             f"{settings.data_source!r}; pass --data {recorded} to continue it, or use "
             "another --storage for a new study"
+        )
+    # Hyperband's brackets and successive halving's rungs hold only if every trial of the
+    # study is judged by the same pruner.
+    pruner = study.user_attrs.get(StudyAttr.PRUNER)
+    if pruner is not None and pruner != spec.pruner:
+        raise StudyMismatchError(
+            f"study {spec.name!r} was started with pruner {pruner!r}, not {spec.pruner!r}; "
+            f"pass --pruner {pruner} to continue it, or use another --storage for a new study"
         )

@@ -2,10 +2,10 @@
 
 Every reason and attribute key the search writes to Optuna or MLflow is defined here and only
 here, so that the runner, the pruner, the retry policy, the analysis and the tests agree on
-them. The one reason not listed is an Optuna pruner's, which is its name (`median`, from
-`search.pruning.pruner_name`). Both enums are `StrEnum`s: a member *is* its string, so it can
-be stored, compared with what the storage returns, and used as a dictionary key or an MLflow
-tag as it is.
+them. The one reason not listed is an Optuna pruner's, which is its name (`median`, `asha`,
+`hyperband`: `search.pruning.PRUNERS`). Both enums are `StrEnum`s: a member *is* its string,
+so it can be stored, compared with what the storage returns, and used as a dictionary key or an
+MLflow tag as it is.
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ class StudyAttr(StrEnum):
 
     #: The data source the study was started with; a resume must use the same.
     DATA_SOURCE = "data_source"
+    #: The Optuna pruner the study was started with (`median`, `asha`, `hyperband`); likewise.
+    PRUNER = "pruner"
 
 
 #: Sampled parameters renamed since studies were first stored, old name -> current name: a

@@ -26,16 +26,19 @@ from optuna.trial import FrozenTrial, TrialState
 from search.coordinator import run_study
 from search.reporting import StudySummary
 from search.retry import RetryPolicy, StudyStoppedError, enqueue_retry
+from search.run import main as run_main
 from search.studies import EnqueuedTrial, StudySpec
 from search.study_lock import StudyLock
 from search.study_setup import StudyMismatchError
-from search.vocabulary import Reason, TrialAttr
+from search.vocabulary import Reason, StudyAttr, TrialAttr
 from spaces.finetune import Suggester
+from tests.conftest import REPO
 from tests.search.scripted_worker import Script, ScriptedWorker
 from tests.search.tiny_study import enqueued, settings, tiny_space, tiny_spec
 from trainers.config import TrainConfig
 
 HEALTHY = Script(accuracies=(0.5, 0.7, 0.8))
+HEALTHY_WORKER = ScriptedWorker(default=HEALTHY)
 # The seed guide's LR 1e-2 curve (120 classes) with a rising training loss: a collapse.
 COLLAPSING = Script(
     accuracies=(0.4310, 0.2444, 0.1594, 0.1439),
@@ -482,6 +485,34 @@ def test_a_study_with_the_old_ladder_parameter_is_refused_on_resume(tiny: TinySt
     # Nothing was written: no MLflow experiment, the queued trial still waits.
     assert MlflowClient(tiny.tracking_uri).get_experiment_by_name(tiny.name) is None
     assert [t.state for t in study.get_trials()] == [TrialState.WAITING]
+
+
+def test_a_resume_with_another_pruner_is_refused(tiny: TinyStudy) -> None:
+    outcome = tiny.run({}, n_trials=1, spec=tiny.spec(pruner="asha"))
+    assert outcome.study.user_attrs[StudyAttr.PRUNER] == "asha"
+    with pytest.raises(StudyMismatchError, match="was started with pruner 'asha', not 'median'"):
+        tiny.run({}, n_trials=2)
+    assert len(optuna.load_study(study_name=tiny.name, storage=tiny.storage).trials) == 1
+
+
+def test_the_command_line_chooses_the_pruner(
+    tmp_path: Path, tracking_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "weights").symlink_to(REPO / "weights")  # the smoke study's, from the cwd
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    common = ["--study", "smoke", "--storage", storage, "--tracking-uri", tracking_uri]
+    assert (
+        run_main([*common, "--n-trials", "1", "--pruner", "hyperband"], worker=HEALTHY_WORKER) == 0
+    )
+    study = optuna.load_study(study_name="smoke", storage=storage)
+    assert study.user_attrs[StudyAttr.PRUNER] == "hyperband"
+    # Without --pruner, the study's own (median): not the one it was started with.
+    assert run_main([*common, "--n-trials", "2"], worker=HEALTHY_WORKER) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [
+        "error: study 'smoke' was started with pruner 'hyperband', not 'median'; pass --pruner "
+        "hyperband to continue it, or use another --storage for a new study"
+    ]
 
 
 def test_a_resume_with_other_data_is_refused(tiny: TinyStudy) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import optuna
 import pytest
+from optuna.pruners import SuccessiveHalvingPruner
 from optuna.trial import TrialState
 
 from search.noise import Noise
@@ -18,6 +20,7 @@ from search.pruning import (
     optuna_decision,
     pruner_name,
 )
+from search.studies import get_study_spec
 
 
 def curve(
@@ -320,7 +323,44 @@ def test_the_studys_own_optuna_pruner_decides_after_the_collapse_rules() -> None
 
 def test_pruner_names_are_the_reasons_users_filter_on() -> None:
     assert pruner_name(optuna.pruners.MedianPruner()) == "median"
+    assert pruner_name(optuna.pruners.SuccessiveHalvingPruner()) == "asha"
     assert pruner_name(optuna.pruners.HyperbandPruner()) == "hyperband"
+    assert pruner_name(optuna.pruners.PercentilePruner(25.0)) == "percentile"
+
+
+@pytest.mark.parametrize("name", ["asha", "hyperband"])
+def test_multi_fidelity_rungs_start_after_every_head_phase(name: str) -> None:
+    # The demo's warm-up is its longest head phase (3 epochs): the first rung is epoch 4, so a
+    # head epoch is never compared with another trial's fine-tune epoch.
+    spec = replace(get_study_spec("demo"), pruner=name)
+    study = optuna.create_study(direction="maximize", pruner=spec.make_pruner())
+    for _ in range(4):
+        good = study.ask()
+        for epoch, accuracy in enumerate([0.80, 0.85, 0.86, 0.90, 0.92, 0.93], start=1):
+            good.report(accuracy, step=epoch)
+            # Asked every epoch, as the coordinator does: that is when a trial enters a rung.
+            assert optuna_decision(study, _frozen(study, good.number)) is None
+        study.tell(good, 0.93)
+    weak = study.ask()
+    for epoch, accuracy in enumerate([0.20, 0.21, 0.22], start=1):
+        weak.report(accuracy, step=epoch)
+        assert optuna_decision(study, _frozen(study, weak.number)) is None, epoch
+    weak.report(0.30, step=4)
+    decision = optuna_decision(study, _frozen(study, weak.number))
+    assert decision is not None and (decision.reason, decision.evidence) == (
+        name,
+        "0.300 at epoch 4",
+    )
+
+
+def test_a_study_names_its_pruner_from_the_known_ones() -> None:
+    demo = get_study_spec("demo")
+    assert isinstance(demo.make_pruner(), optuna.pruners.MedianPruner)
+    assert isinstance(replace(demo, pruner="asha").make_pruner(), SuccessiveHalvingPruner)
+    with pytest.raises(
+        ValueError, match="unknown pruner 'bogus'; allowed: median, asha, hyperband"
+    ):
+        replace(demo, pruner="bogus")
 
 
 def test_nan_is_decided_before_the_number_of_classes_is_known() -> None:
