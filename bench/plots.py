@@ -7,6 +7,7 @@ curve, which the stack never saw, is faded; a red cross is a false prune.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,10 +22,14 @@ def plot_prunes(corpus: Corpus, results: Sequence[ReplayResult], path: Path) -> 
     import matplotlib.pyplot as plt
 
     must_keep = winners(corpus)
+    columns = min(3, len(results))
+    rows = math.ceil(len(results) / columns)
     figure, axes = plt.subplots(
-        1, len(results), figsize=(5 * len(results), 4), sharey=True, squeeze=False
+        rows, columns, figsize=(5 * columns, 4 * rows), sharey=True, squeeze=False
     )
-    for axis, result in zip(axes[0], results, strict=True):
+    for axis in axes.flat[len(results) :]:
+        axis.set_visible(False)
+    for axis, result in zip(axes.flat, results, strict=False):
         for record in corpus.records:
             epochs = [epoch.epoch for epoch in record.epochs]
             accuracies = [epoch.val_accuracy for epoch in record.epochs]
@@ -45,7 +50,8 @@ def plot_prunes(corpus: Corpus, results: Sequence[ReplayResult], path: Path) -> 
         )
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("validation accuracy")
+    for row in axes:
+        row[0].set_ylabel("validation accuracy")
     figure.suptitle(f"{corpus.task}: {len(corpus.records)} configurations of {corpus.data_source}")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
