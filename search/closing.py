@@ -123,6 +123,8 @@ class TrialCloser:
         retried = verdict.state == TrialState.FAIL and self._retry_if_allowed(ending)
         if trial is None:
             return retried
+        trial.set_user_attr(TrialAttr.EPOCHS_SPENT, ending.epochs_run)
+        trial.set_user_attr(TrialAttr.SECONDS_SPENT, round(ending.seconds, 1))
         if verdict.state == TrialState.COMPLETE:
             assert verdict.value is not None
             trial.set_user_attr(TrialAttr.BEST_EPOCH, ending.best_epoch)
@@ -142,10 +144,14 @@ class TrialCloser:
         """Close the trial's MLflow run(s), count the outcome and print the line."""
         verdict = ending.verdict
         tags: dict[str, str] = {}
-        metrics: dict[str, float] = {}
+        metrics = {
+            TrialAttr.EPOCHS_SPENT.value: float(ending.epochs_run),
+            TrialAttr.SECONDS_SPENT.value: round(ending.seconds, 1),
+        }
         if verdict.state == TrialState.COMPLETE:
             assert verdict.value is not None
-            metrics = {"objective": verdict.value, "best_epoch": float(ending.best_epoch or 0)}
+            metrics["objective"] = verdict.value
+            metrics["best_epoch"] = float(ending.best_epoch or 0)
         elif verdict.state == TrialState.PRUNED:
             tags = {TrialAttr.PRUNE_REASON: verdict.reason}
             if verdict.detail:

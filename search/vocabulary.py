@@ -48,6 +48,10 @@ class TrialAttr(StrEnum):
     FAIL_REASON = "fail_reason"
     FAIL_DETAIL = "fail_detail"
     BEST_EPOCH = "best_epoch"
+    #: What a trial cost, however it ended: epochs trained and seconds its worker ran (also
+    #: MLflow metrics), what a compute budget counts.
+    EPOCHS_SPENT = "epochs_spent"
+    SECONDS_SPENT = "seconds_spent"
     #: The resolved config, exactly as the worker trained it; `search.export` writes it out.
     CONFIG_YAML = "config_yaml"
     MLFLOW_RUN_ID = "mlflow_run_id"

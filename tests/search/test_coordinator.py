@@ -178,6 +178,11 @@ def test_a_healthy_trial_completes_with_its_best_epoch_everywhere(tiny: TinyStud
     run = outcome.run(0)
     assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
     assert run.data.metrics["objective"] == 0.9 and run.data.metrics["best_epoch"] == 2
+    # What the trial cost, on the trial and its run.
+    assert trial.user_attrs[TrialAttr.EPOCHS_SPENT] == 3
+    assert 0 < trial.user_attrs[TrialAttr.SECONDS_SPENT] < 120
+    assert run.data.metrics["epochs_spent"] == 3
+    assert run.data.metrics["seconds_spent"] == trial.user_attrs[TrialAttr.SECONDS_SPENT]
     # Sampled parameters, the resolved config and the units really unfrozen are params.
     params = run.data.params
     assert params["unfreeze_level"] == "1" and params["phase2.unfreeze_blocks"] == "1"
@@ -251,6 +256,8 @@ def test_collapse_rules_stop_the_worker_and_record_their_reason(
     run = outcome.run(0)
     assert run.info.status == "FINISHED" and run.data.tags["prune_reason"] == reason
     assert run.data.tags["prune_evidence"] == trial.user_attrs[TrialAttr.PRUNE_EVIDENCE]
+    # A pruned trial's cost counts too: the epochs it trained before it was stopped.
+    assert trial.user_attrs[TrialAttr.EPOCHS_SPENT] == epochs == run.data.metrics["epochs_spent"]
     assert f"PRUNED   {reason} at epoch {epochs}: {evidence}" in _finished_line(outcome, 0)
 
 
