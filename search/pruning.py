@@ -44,8 +44,8 @@ recorded before it was kept, curves from elsewhere) the rules judge as they did 
 noise test: shares of the gain alone, and the shock rule at the first unfrozen epoch.
 
 Every decision carries its evidence, the numbers behind it
-(`unfreeze_shock: best 0.850 -> 0.550, 0.560 at epochs 4-5 (-29.0 pts; noise ±2.1 pts)`), kept
-next to the reason on the trial and its MLflow run.
+(`unfreeze_shock: best 0.850 → 0.550, 0.560 at epochs 3–4 (−29.0 pts; noise ±6.5 pts)` on 360
+validation images), kept next to the reason on the trial and its MLflow run.
 
 The coordinator holds each trial's epochs and hands them to `find_collapse` directly; the
 study's own pruner is a plain Optuna pruner, asked through `optuna_decision` on the stored

@@ -43,7 +43,8 @@ class TrialAttr(StrEnum):
     """Keys of trial user attributes (the reasons are also MLflow tag keys)."""
 
     PRUNE_REASON = "prune_reason"
-    #: The numbers behind a prune: `best 0.850 → 0.550 at epoch 4 (−30.0 pts; noise ±2.1 pts)`.
+    #: The numbers behind a prune, e.g.
+    #: `best 0.850 → 0.550, 0.560 at epochs 3–4 (−29.0 pts; noise ±6.5 pts)`.
     PRUNE_EVIDENCE = "prune_evidence"
     FAIL_REASON = "fail_reason"
     FAIL_DETAIL = "fail_detail"
