@@ -20,7 +20,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,10 +184,3 @@ def build_corpus(
 
 def corpus_path(folder: Path, task: str) -> Path:
     return folder / f"pruning_{task}.json"
-
-
-def tasks_in(names: Sequence[str]) -> list[str]:
-    unknown = [name for name in names if name not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown task {unknown[0]!r}; allowed: {', '.join(TASKS)}")
-    return list(names)

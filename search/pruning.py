@@ -200,13 +200,6 @@ class _Curve:
     noise: Noise
     rules: CollapseRules
 
-    def in_chance_band(self, accuracy: float) -> tuple[bool, float, float]:
-        """Whether `accuracy` is in the band just above chance beyond noise; the band's top
-        and the noise."""
-        top = self.chance + self.rules.chance_margin * (1.0 - self.chance)
-        band = self.noise.of_accuracy(accuracy)
-        return accuracy + band < top, top, band
-
     def clearly_below(self, reference: float, accuracy: float, share: float) -> bool:
         """`accuracy` lost more than `share` of `reference`'s gain above chance, and more
         than the noise of the difference."""
@@ -223,8 +216,10 @@ class _Curve:
         if len(epochs) < rules.chance_grace_epochs:
             return None
         best = max(epochs, key=lambda epoch: epoch.val_accuracy)
-        near, top, band = self.in_chance_band(best.val_accuracy)
-        if not near:
+        # Near chance only if even the best accuracy's upper bound stays inside the band.
+        top = self.chance + rules.chance_margin * (1.0 - self.chance)
+        band = self.noise.of_accuracy(best.val_accuracy)
+        if best.val_accuracy + band >= top:
             return None
         if len(epochs) > 1:
             improvement = epochs[-1].val_accuracy - min(e.val_accuracy for e in epochs[:-1])
