@@ -97,6 +97,10 @@ def judge(active: ActiveTrial, objective: Callable[[TrainingHistory], float | No
         # A worker that had already finished keeps its result, even if stopped while exiting.
         return Verdict(TrialState.FAIL, active.forced_reason, "stopped by the coordinator")
     if isinstance(outcome, Failed):
+        if outcome.kind == Reason.GPU_OOM:
+            # Out of GPU memory at these parameters: told PRUNED, so that the sampler learns
+            # the region is infeasible (`TrialCloser.record` says how).
+            return Verdict(TrialState.PRUNED, Reason.GPU_OOM, outcome.message)
         return Verdict(TrialState.FAIL, outcome.kind, outcome.message)
     if outcome is None:
         exit_text = describe_exit(active.process.exitcode)

@@ -25,11 +25,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.budget import is_retried
+from search.budget import Limits, budget, is_retried
 from search.reporting import Log, finished_line
 from search.retry import RetryPolicy, enqueue_retry
 from search.tracking import StudyTracker
-from search.vocabulary import Reason, TrialAttr
+from search.vocabulary import GPU_MEMORY_CONSTRAINT, Reason, TrialAttr
 from trainers.history import TrainingHistory
 from trainers.plots import plot_learning_curves
 
@@ -102,10 +102,12 @@ class TrialCloser:
         tracker: StudyTracker,
         retry: RetryPolicy,
         *,
+        limits: Limits,
         log: Log,
         started_at: float,
     ) -> None:
         self.study = study
+        self.limits = limits
         self.tracker = tracker
         self.retry = retry
         self.log = log
@@ -132,7 +134,14 @@ class TrialCloser:
         elif verdict.state == TrialState.PRUNED:
             trial.set_user_attr(TrialAttr.PRUNE_REASON, verdict.reason)
             if verdict.detail:
-                trial.set_user_attr(TrialAttr.PRUNE_EVIDENCE, verdict.detail)
+                trial.set_user_attr(TrialAttr.PRUNE_EVIDENCE, verdict.detail[:MAX_DETAIL_ATTR])
+            if verdict.reason == Reason.GPU_OOM:
+                # Optuna's samplers never look at FAIL trials, so a failed OOM would teach
+                # TPE nothing and it would keep proposing batch sizes that do not fit. A PRUNED
+                # trial that violates a constraint is what TPE ranks below every feasible one
+                # (its "above" group), whatever epochs it reported before running out of
+                # memory; the reason stays `gpu_oom`, and the trial is still not retried.
+                trial.set_constraint(GPU_MEMORY_CONSTRAINT, 1.0)
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
             trial.set_user_attr(TrialAttr.FAIL_REASON, verdict.reason)
@@ -185,8 +194,11 @@ class TrialCloser:
         self._count(ending)
         elapsed = time.monotonic() - self.started_at
         result = ending.result(retried=retried)
+        spent = budget(self.study, self.limits)
         self.log(
-            finished_line(ending.number, verdict.state, result, self.study, ending.seconds, elapsed)
+            finished_line(
+                ending.number, verdict.state, result, self.study, ending.seconds, elapsed, spent
+            )
         )
 
     def needs_rerun(self, trial: FrozenTrial) -> bool:
@@ -215,9 +227,11 @@ class TrialCloser:
         # about the configs this one runs.
         if ending.verdict.reason == Reason.STALE_HEARTBEAT:
             return
-        if ending.verdict.state == TrialState.FAIL:
+        # An OOM is told PRUNED but is a failure to run: a study whose every batch size runs
+        # out of memory stops like one whose every trial fails.
+        verdict = ending.verdict
+        if verdict.state == TrialState.FAIL or verdict.reason == Reason.GPU_OOM:
             self.consecutive_failures += 1
-            verdict = ending.verdict
             self.last_failure = f"trial {ending.number}: {verdict.reason}: {verdict.detail}"[:300]
         else:
             self.consecutive_failures = 0

@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.active_trial import ActiveTrial, WorkerEntry, judge, spawn_worker
-from search.budget import budget
+from search.budget import Limit, budget
 from search.closing import Ending, TrialCloser, Verdict, trial_files
 from search.liveness import Liveness, retry_params
 from search.protocol import (
@@ -40,7 +40,7 @@ from search.protocol import (
     WorkerRequest,
 )
 from search.pruning import PruneDecision, find_collapse, optuna_decision
-from search.reporting import Log, StudySummary, epoch_line, finish_study
+from search.reporting import Log, StudySummary, budget_text, epoch_line, finish_study, trials_text
 from search.retry import StudyStoppedError
 from search.stop_signals import StopSignals
 from search.storage import redact
@@ -50,6 +50,7 @@ from search.study_setup import RunSettings, open_study
 from search.tracking import StudyTracker
 from search.vocabulary import Reason, TrialAttr
 from search.worker import run_worker
+from trainers.config import TrainConfig
 from trainers.errors import TrainerInputError
 
 
@@ -92,8 +93,14 @@ class Coordinator:
                 settings.tracking_uri, spec.name, storage=self.storage_label
             )
         self.started_at = time.monotonic()
+        self.limits = settings.limits
         self.closer = TrialCloser(
-            self.study, self.tracker, settings.retry, log=log, started_at=self.started_at
+            self.study,
+            self.tracker,
+            settings.retry,
+            limits=self.limits,
+            log=log,
+            started_at=self.started_at,
         )
         self.liveness = Liveness(
             self.storage,
@@ -113,31 +120,38 @@ class Coordinator:
         timeout = self.settings.timeout
         return timeout is not None and time.monotonic() - self.started_at >= timeout
 
-    def _ask_within_budget(self) -> optuna.Trial | None:
-        """A new trial if the study's target still has room, counting every coordinator."""
+    def _ask_within_budget(self) -> tuple[optuna.Trial, TrainConfig | TrainerInputError] | None:
+        """A new trial and its config (or why the space could not make one) if the study's
+        budget still has room, counting every coordinator."""
         if self._timed_out():
             return None
         with self.lock.held():
-            if budget(self.study, self.settings.n_trials).remaining <= 0:
+            if budget(self.study, self.limits).exhausted() is not None:
                 return None
             with warnings.catch_warnings():
                 # Optuna expects heartbeats with Study.optimize; we send them ourselves.
                 warnings.simplefilter("ignore", UserWarning)
                 trial = self.study.ask()
             self.liveness.claim(trial, self.identity)
-        return trial
+            try:
+                config = self.spec.space(trial, self.settings.data_source)
+            except TrainerInputError as error:
+                return trial, error
+            # Still under the lock: a peer that counts the budget next sees the epochs this
+            # trial may train.
+            trial.set_user_attr(TrialAttr.EPOCHS_PLANNED, config.total_epochs)
+        return trial, config
 
     def _start_trial(self, slot: int) -> bool:
         """Start a trial in `slot`; False when the budget (or the timeout) allows no more."""
-        trial = self._ask_within_budget()
-        if trial is None:
+        asked = self._ask_within_budget()
+        if asked is None:
             return False
-        try:
-            config = self.spec.space(trial, self.settings.data_source)
-        except TrainerInputError as error:
+        trial, config = asked
+        if isinstance(config, TrainerInputError):
             # The space produced an invalid config: a bug in the space, not bad luck.
             self.liveness.release(trial)
-            detail = f"invalid config from the space: {error}"
+            detail = f"invalid config from the space: {config}"
             verdict = Verdict(TrialState.FAIL, Reason.INPUT, detail)
             self.closer.close(trial, Ending(trial.number, trial.params, trial.user_attrs, verdict))
             return True
@@ -320,14 +334,17 @@ class Coordinator:
             )
 
     def _others_running(self) -> bool:
-        status = budget(self.study, self.settings.n_trials)
-        return status.running > 0 and status.used < status.target and not self._timed_out()
+        """Whether to wait for other coordinators' trials: they run, and when they end the
+        budget may have room again."""
+        status = budget(self.study, self.limits)
+        return status.running > 0 and status.spent() is None and not self._timed_out()
 
     def run(self) -> StudySummary:
-        used = budget(self.study, self.settings.n_trials).used
+        spent = budget(self.study, self.limits)
         self.log(
-            f"study {self.spec.name}: {used}/{self.settings.n_trials} trials finished"
-            f"{', continuing' if used else ''}; storage {self.storage_label}; MLflow "
+            f"study {self.spec.name}: {trials_text(spent)} trials finished"
+            f"{', continuing' if spent.used else ''} ({budget_text(spent)}); "
+            f"storage {self.storage_label}; MLflow "
             f"{self.settings.tracking_uri} (experiment {self.spec.name!r}); "
             f"{self.settings.workers} worker(s)"
         )
@@ -398,10 +415,14 @@ class Coordinator:
 
     def _finish(self, *, status: str) -> StudySummary:
         with self.lock.held():  # the parent run is shared by every coordinator of the study
+            spent = budget(self.study, self.limits)
+            stopped_by: Limit | None = None
+            if status == "FINISHED":
+                stopped_by = Limit.TIMEOUT if self._timed_out() else spent.spent()
             return finish_study(
                 self.study,
-                used=budget(self.study, self.settings.n_trials).used,
-                target=self.settings.n_trials,
+                spent=spent,
+                stopped_by=stopped_by,
                 tracker=self.tracker,
                 plots_folder=self.settings.output_dir / "study",
                 status=status,

@@ -6,6 +6,10 @@ of a given epoch of a given trial, through the same code paths the real faults t
 
     FINETUNE_SEARCH_FAULTS="kill@2:1,gpu_oom@4:2,nan@5:1,host_oom@7:1"
 
+A fault may name a batch size instead of a trial: `gpu_oom@batch>=64:1` makes every trial whose
+batch size is 64 or more run out of GPU memory at the end of epoch 1, as a GPU too small for
+those batches would (what the sampler must learn to avoid).
+
 - `kill`: the worker SIGKILLs itself (as the OOM killer or a node failure would);
 - `gpu_oom`: raises tf.errors.ResourceExhaustedError, as TensorFlow does on a GPU;
 - `host_oom`: raises MemoryError;
@@ -25,11 +29,23 @@ ENVIRONMENT_VARIABLE = "FINETUNE_SEARCH_FAULTS"
 KINDS = ("kill", "gpu_oom", "host_oom", "nan")
 
 
+#: How a fault names the smallest batch size it strikes: `batch>=64`.
+BATCH_CONDITION = "batch>="
+
+
 @dataclass(frozen=True)
 class Fault:
     kind: str
-    trial: int
+    #: The trial it strikes, or None when it strikes by batch size.
+    trial: int | None
     epoch: int
+    #: Every trial with at least this batch size (None: only `trial`).
+    min_batch_size: int | None = None
+
+    def strikes(self, trial_number: int, batch_size: int) -> bool:
+        if self.min_batch_size is not None:
+            return batch_size >= self.min_batch_size
+        return self.trial == trial_number
 
 
 def parse_faults(text: str) -> list[Fault]:
@@ -37,11 +53,16 @@ def parse_faults(text: str) -> list[Fault]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         try:
             kind, where = item.split("@")
-            trial, epoch = where.split(":")
-            fault = Fault(kind, int(trial), int(epoch))
+            target, epoch = where.split(":")
+            if target.startswith(BATCH_CONDITION):
+                batch = int(target.removeprefix(BATCH_CONDITION))
+                fault = Fault(kind, None, int(epoch), min_batch_size=batch)
+            else:
+                fault = Fault(kind, int(target), int(epoch))
         except ValueError:
             raise ValueError(
-                f"{ENVIRONMENT_VARIABLE}: expected kind@trial:epoch, got {item!r}"
+                f"{ENVIRONMENT_VARIABLE}: expected kind@trial:epoch or kind@batch>=N:epoch, "
+                f"got {item!r}"
             ) from None
         if kind not in KINDS:
             raise ValueError(
@@ -51,10 +72,9 @@ def parse_faults(text: str) -> list[Fault]:
     return faults
 
 
-def faults_for(trial_number: int) -> list[Fault]:
-    return [
-        f for f in parse_faults(os.environ.get(ENVIRONMENT_VARIABLE, "")) if f.trial == trial_number
-    ]
+def faults_for(trial_number: int, batch_size: int) -> list[Fault]:
+    plan = parse_faults(os.environ.get(ENVIRONMENT_VARIABLE, ""))
+    return [fault for fault in plan if fault.strikes(trial_number, batch_size)]
 
 
 def fault_callback(faults: list[Fault]) -> Any:

@@ -11,9 +11,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from search.budget import Budget, Limit
 from search.outcomes import outcome_label
 from search.plots import plot_study
 from search.tracking import StudyTracker
+from search.vocabulary import TrialAttr
 
 Log = Callable[[str], None]
 
@@ -23,7 +25,7 @@ class StudySummary:
     study_name: str
     outcomes: dict[str, int]
     finished: int
-    target: int
+    target: int | None
     best_value: float | None
     best_trial: int | None
 
@@ -32,6 +34,30 @@ def format_duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def budget_text(spent: Budget) -> str:
+    """Compute spent, against the budget where there is one: `34/100 epochs, 5m12s/2h trial
+    time`."""
+    limits = spent.limits
+    epochs = f"{spent.epochs_spent}/{limits.epochs}" if limits.epochs else str(spent.epochs_spent)
+    seconds = format_duration(spent.seconds_spent)
+    hours = f"{seconds}/{limits.hours:g}h" if limits.hours else seconds
+    return f"{epochs} epochs, {hours} trial time"
+
+
+def trials_text(spent: Budget) -> str:
+    """Trials that used the budget, against the target where there is one: `5/8`."""
+    return f"{spent.used}/{spent.target}" if spent.target is not None else str(spent.used)
+
+
+#: Why a study started no more trials, by the limit it reached.
+STOPPED_BY = {
+    Limit.TRIALS: "trial target reached",
+    Limit.EPOCHS: "epoch budget reached",
+    Limit.HOURS: "trial-hour budget reached",
+    Limit.TIMEOUT: "--timeout reached",
+}
 
 
 def best_trial(study: optuna.Study) -> tuple[float | None, int | None]:
@@ -54,27 +80,29 @@ def epoch_line(number: int, epoch: int, total: int, metrics: Mapping[str, float]
 
 def finished_line(
     number: int, state: TrialState, result: str, study: optuna.Study, trial_seconds: float,
-    elapsed_seconds: float,
+    elapsed_seconds: float, spent: Budget,
 ) -> str:  # fmt: skip
     best_value, best_number = best_trial(study)
     best = "none yet" if best_value is None else f"{best_value:.4f} (trial {best_number})"
     return (
         f"trial {number:>3} {state.name:<8} {result:<40} best {best}  "
-        f"[{format_duration(trial_seconds)} trial, {format_duration(elapsed_seconds)} elapsed]"
+        f"[{format_duration(trial_seconds)} trial, {format_duration(elapsed_seconds)} elapsed; "
+        f"study {budget_text(spent)}]"
     )
 
 
 def finish_study(
     study: optuna.Study,
     *,
-    used: int,
-    target: int,
+    spent: Budget,
+    stopped_by: Limit | None,
     tracker: StudyTracker,
     plots_folder: Path,
     status: str,
     log: Log,
 ) -> StudySummary:
-    """Plots to the parent run, close it with `status`, print and return the summary."""
+    """Plots to the parent run, close it with `status`, print and return the summary;
+    `stopped_by` is the limit that ended the study, if one did."""
     outcomes = Counter(outcome_label(trial) for trial in study.get_trials(deepcopy=False))
     best_value, best_number = best_trial(study)
     try:
@@ -82,11 +110,22 @@ def finish_study(
     except Exception as error:  # plots must never cost the study its results
         log(f"study plots skipped: {type(error).__name__}: {error}")
         plots = []
-    tags = {"best_trial": str(best_number), "best_value": str(best_value)}
+    tags = {
+        "best_trial": str(best_number),
+        "best_value": str(best_value),
+        TrialAttr.EPOCHS_SPENT: str(spent.epochs_spent),
+        TrialAttr.SECONDS_SPENT: f"{spent.seconds_spent:.0f}",
+    }
     tracker.finish_study(plots, status=status, tags=tags)
-    summary = StudySummary(study.study_name, dict(outcomes), used, target, best_value, best_number)
+    summary = StudySummary(
+        study.study_name, dict(outcomes), spent.used, spent.target, best_value, best_number
+    )
     shown = ", ".join(f"{count} {label}" for label, count in sorted(outcomes.items()))
-    log(f"study {study.study_name}: {used}/{target} finished ({shown})")
+    why = f"; {STOPPED_BY[stopped_by]}" if stopped_by is not None else ""
+    log(
+        f"study {study.study_name}: {trials_text(spent)} finished ({shown}); spent "
+        f"{budget_text(spent)}{why}"
+    )
     if best_value is not None:
         log(f"best: trial {best_number} with val_accuracy {best_value:.4f}")
     return summary

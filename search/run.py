@@ -5,9 +5,10 @@
 
 The trial count is the study's target total: running the same command again continues the
 study until that many trials have finished, so an interrupted study is completed, not
-restarted. One line is printed per finished trial (number, state, value or reason, best so
-far, elapsed time), plus one per epoch. Bad input is one `error:` line and exit status 2,
-before any trial starts.
+restarted. `--budget-epochs` and `--budget-hours` bound it by compute instead (or as well),
+shared the same way (`search.budget`). One line is printed per finished trial (number, state,
+value or reason, best so far, elapsed time, compute spent), plus one per epoch. Bad input is
+one `error:` line and exit status 2, before any trial starts.
 """
 
 from __future__ import annotations
@@ -53,7 +54,21 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the Optuna pruner asked after the collapse rules (default: the study's)",
     )
     parser.add_argument(
-        "--n-trials", type=int, help="target total of finished trials (default: the study's)"
+        "--n-trials",
+        type=int,
+        help="target total of finished trials (default: the study's; none with a --budget-*)",
+    )
+    parser.add_argument(
+        "--budget-epochs",
+        type=int,
+        help="start no trial once the study's trials (all coordinators, all runs) have trained "
+        "this many epochs, counting what running trials may still train",
+    )
+    parser.add_argument(
+        "--budget-hours",
+        type=float,
+        help="start no trial once the study's trials have run this many hours in total "
+        "(worker hours, summed over all coordinators and runs)",
     )
     parser.add_argument(
         "--timeout",
@@ -132,9 +147,16 @@ def preflight(spec: StudySpec, data_source: str) -> None:
 
 def settings_from(args: argparse.Namespace) -> tuple[str, RunSettings]:
     spec = get_study_spec(args.study)
-    n_trials = args.n_trials if args.n_trials is not None else spec.n_trials
-    if n_trials < 1:
+    compute_budget = args.budget_epochs is not None or args.budget_hours is not None
+    # A compute budget alone bounds the study; the study's default trial count would cut it
+    # short.
+    n_trials = args.n_trials if args.n_trials is not None or compute_budget else spec.n_trials
+    if n_trials is not None and n_trials < 1:
         raise UsageError(f"--n-trials must be at least 1, got {n_trials}")
+    if args.budget_epochs is not None and args.budget_epochs < 1:
+        raise UsageError(f"--budget-epochs must be at least 1, got {args.budget_epochs}")
+    if args.budget_hours is not None and not args.budget_hours > 0:
+        raise UsageError(f"--budget-hours must be positive, got {args.budget_hours}")
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout must be positive, got {args.timeout}")
     check_storage_url(args.storage)
@@ -168,6 +190,8 @@ def settings_from(args: argparse.Namespace) -> tuple[str, RunSettings]:
         retry=retry,
         heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period,
+        budget_epochs=args.budget_epochs,
+        budget_hours=args.budget_hours,
     )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 
+from search.budget import Limits
 from search.liveness import retry_params
 from search.retry import RetryPolicy
 from search.storage import make_storage, redact
@@ -30,7 +31,8 @@ class StudyMismatchError(ValueError):
 class RunSettings:
     """How to run a study; every field has a CLI flag in `search.run`."""
 
-    n_trials: int
+    #: The target total of trials; None when a compute budget alone bounds the study.
+    n_trials: int | None
     storage: str
     data_source: str
     tracking_uri: str
@@ -45,6 +47,13 @@ class RunSettings:
     #: for `grace_period` seconds is failed and re-run (Optuna's RDB heartbeat).
     heartbeat_interval: int = 10
     grace_period: int = 60
+    #: Compute budgets shared by every coordinator and resume (`search.budget`).
+    budget_epochs: int | None = None
+    budget_hours: float | None = None
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.n_trials, self.budget_epochs, self.budget_hours)
 
 
 def open_study(

@@ -22,7 +22,8 @@ class Reason(StrEnum):
     CHANCE = "chance"
     UNFREEZE_SHOCK = "unfreeze_shock"
     COLLAPSE = "collapse"
-    # Failed in the worker (search/worker.py).
+    # Failed in the worker (search/worker.py); a `gpu_oom` trial is told PRUNED, so that the
+    # sampler learns its region is infeasible.
     INPUT = "input"
     GPU_OOM = "gpu_oom"
     HOST_OOM = "host_oom"
@@ -53,6 +54,9 @@ class TrialAttr(StrEnum):
     #: MLflow metrics), what a compute budget counts.
     EPOCHS_SPENT = "epochs_spent"
     SECONDS_SPENT = "seconds_spent"
+    #: The epochs a trial's config may train, recorded when it starts: what an epoch budget
+    #: keeps for it while it runs.
+    EPOCHS_PLANNED = "epochs_planned"
     #: The resolved config, exactly as the worker trained it; `search.export` writes it out.
     CONFIG_YAML = "config_yaml"
     MLFLOW_RUN_ID = "mlflow_run_id"
@@ -78,6 +82,10 @@ class StudyAttr(StrEnum):
     #: The Optuna pruner the study was started with (`median`, `asha`, `hyperband`); likewise.
     PRUNER = "pruner"
 
+
+#: The Optuna constraint (`Trial.set_constraint`) a `gpu_oom` trial violates: samplers that
+#: read constraints (TPE) rank it below every feasible trial.
+GPU_MEMORY_CONSTRAINT = "gpu_memory"
 
 #: Sampled parameters renamed since studies were first stored, old name -> current name: a
 #: study that still uses an old name is analysed and exported, but not resumed.

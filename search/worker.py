@@ -96,7 +96,7 @@ def run_worker(connection: Connection, request: WorkerRequest, parent_pid: int) 
                 return Reason.COORDINATOR_GONE
             return reply.reason if isinstance(reply, Stop) else None
 
-        injected = faults_for(request.trial_number)
+        injected = faults_for(request.trial_number, config.batch_size)
         callbacks = [fault_callback(injected)] if injected else []
         result = fit(config, report=report, datasets=datasets, callbacks=callbacks)
         connection.send(Finished(stop_reason=result.stop_reason, stop_detail=result.stop_detail))

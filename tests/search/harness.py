@@ -15,7 +15,7 @@ import optuna
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from search.budget import budget
+from search.budget import Limits, budget
 from search.vocabulary import TrialAttr
 from tests.conftest import REPO
 
@@ -149,7 +149,7 @@ def snapshot(study_name: str, storage: str, tracking_uri: str, target: int) -> S
         values={t.number: t.value for t in trials},
         params={t.number: dict(t.params) for t in trials},
         user_attrs={t.number: dict(t.user_attrs) for t in trials},
-        used=budget(study, target).used,
+        used=budget(study, Limits(target)).used,
     )
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(study_name)

@@ -3,7 +3,8 @@
 The coordinator spawns it exactly as it spawns `search.worker.run_worker` (a fresh process, the
 same pipe, the same messages), but instead of training a Keras model it plays a script: these
 validation accuracies, then finish; or NaN at epoch 2; or die at epoch 1; or fail with a given
-reason. It imports no TensorFlow, so a coordinator test runs in seconds, not minutes.
+reason. It imports no TensorFlow, so a coordinator test runs in seconds, not minutes. A
+`gpu_oom` in FINETUNE_SEARCH_FAULTS (`search.faults`) strikes it as it strikes the real worker.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import os
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 
+from search.faults import faults_for
 from search.protocol import Epoch, Failed, Finished, Started, Stop, WorkerRequest
 from search.vocabulary import Reason
 from trainers.config import TrainConfig
@@ -65,13 +67,17 @@ class ScriptedWorker:
     def __call__(self, connection: Connection, request: WorkerRequest, parent_pid: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # as the real worker: the coordinator decides
         script = self.scripts.get(request.trial_number, self.default)
+        config = TrainConfig.from_yaml(request.config_yaml)
+        for fault in faults_for(request.trial_number, config.batch_size):
+            if fault.kind == Reason.GPU_OOM:  # as the real worker's injected OOM
+                script = replace(script, fail=Reason.GPU_OOM, fail_after=fault.epoch)
         with open(request.log_path, "a", encoding="utf-8") as log:  # as the real worker's log
             log.write(f"trial {request.trial_number}: scripted worker pid {os.getpid()}\n")
         try:
             connection.send(
                 Started(script.num_classes, 32, script.validation_images, request.config_yaml)
             )
-            epochs = TrainConfig.from_yaml(request.config_yaml).total_epochs
+            epochs = config.total_epochs
             for index in range(min(epochs, len(script.accuracies))):
                 if script.fail is not None and index == script.fail_after:
                     connection.send(Failed(script.fail, f"scripted {script.fail}"))

@@ -105,6 +105,20 @@ def test_bad_worker_options_are_one_error_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (["--budget-epochs", "0"], "--budget-epochs must be at least 1, got 0"),
+        (["--budget-hours", "-1"], "--budget-hours must be positive, got -1.0"),
+        (["--budget-hours", "nan"], "--budget-hours must be positive, got nan"),
+    ],
+)
+def test_a_bad_budget_is_one_error_line(tmp_path: Path, option: list[str], expected: str) -> None:
+    line = _one_error_line(_run("search.run", ["--study", "demo", *option], tmp_path))
+    assert expected in line
+    assert not (tmp_path / "optuna.db").exists()
+
+
+@pytest.mark.parametrize(
     ("storage", "expected"),
     [
         ("not a url", "malformed storage URL 'not a url'"),

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.budget import budget, is_retried
+from search.budget import Limits, budget, is_retried
 from search.closing import Ending, TrialCloser, Verdict
 from search.faults import Fault, parse_faults
 from search.liveness import Liveness
@@ -50,13 +50,14 @@ def test_budget_counts_a_retried_failure_once() -> None:
     )
     study.tell(crashed, state=TrialState.FAIL)
     # The crash is replaced by its queued retry: it does not use the budget.
-    assert budget(study, 3) == budget(study, 3).__class__(used=1, running=0, target=3)
+    spent = budget(study, Limits(3))
+    assert (spent.used, spent.running, spent.remaining) == (1, 0, 2)
     retry = study.ask()
     assert (
         retry.user_attrs[TrialAttr.RETRY_OF] == crashed.number
         and retry.user_attrs["retry_count"] == 1
     )
-    assert budget(study, 3).running == 1 and budget(study, 3).remaining == 1
+    assert budget(study, Limits(3)).running == 1 and budget(study, Limits(3)).remaining == 1
     # An interrupted re-run is queued again without spending one of its retries.
     enqueue_retry(
         study,
@@ -209,7 +210,9 @@ def test_a_sweep_requeues_a_stale_failure_whose_sweeper_died(tmp_path: Path) -> 
 def test_a_dead_trial_gets_exactly_one_closed_mlflow_run(tmp_path: Path) -> None:
     tracker = StudyTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "s", storage="test")
     study = optuna.create_study(direction="maximize")
-    closer = TrialCloser(study, tracker, RetryPolicy(retries=0), log=lambda _: None, started_at=0)
+    closer = TrialCloser(
+        study, tracker, RetryPolicy(retries=0), limits=Limits(3), log=lambda _: None, started_at=0
+    )
     running = tracker.start_trial(1, {"head_lr": 0.01}, config=None)
     # Trial 1's coordinator died mid-training; trial 2's died before it created the run.
     stale = Verdict(TrialState.FAIL, Reason.STALE_HEARTBEAT, "its coordinator stopped")
@@ -231,6 +234,12 @@ def test_a_dead_trial_gets_exactly_one_closed_mlflow_run(tmp_path: Path) -> None
 
 def test_fault_plans_parse_and_reject_typos() -> None:
     assert parse_faults("kill@2:1, gpu_oom@4:2") == [Fault("kill", 2, 1), Fault("gpu_oom", 4, 2)]
+    (by_batch,) = parse_faults("gpu_oom@batch>=64:1")
+    assert by_batch == Fault("gpu_oom", None, 1, min_batch_size=64)
+    assert by_batch.strikes(0, 64) and by_batch.strikes(7, 128) and not by_batch.strikes(0, 32)
+    assert not Fault("kill", 2, 1).strikes(3, 64)
+    with pytest.raises(ValueError, match="kind@batch>=N:epoch"):
+        parse_faults("gpu_oom@batch>64:1")
     with pytest.raises(ValueError, match="unknown fault 'segfault'"):
         parse_faults("segfault@1:1")
     with pytest.raises(ValueError, match="kind@trial:epoch"):
