@@ -1,0 +1,79 @@
+"""One trial of the search benchmark: a configuration trained in this process, as a worker would.
+
+Every system of `bench.search_quality` (Optuna studies, KerasTuner's Hyperband, random search,
+the hand recipe) trains its configurations through `train`, which calls the project's trainer
+(`trainers.fit.fit`) with a per-epoch judge: the judge sees the epochs so far and answers None
+(go on) or why to stop. So every system pays the same for an epoch, and a system's cost is the
+epochs it asked for. The benchmark runs in one process, without the coordinator's worker
+processes: what it compares is where each system spends its epochs, and a process per trial
+would add the same start-up to every system's trials.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from search.pruning import EpochView
+from trainers.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class TrialData:
+    """What the trainer knows once the data is loaded, which the collapse rules need."""
+
+    num_classes: int
+    validation_images: int
+
+
+#: Why to stop after the epochs so far (None: go on).
+Judge = Callable[[tuple[EpochView, ...], TrialData], str | None]
+
+
+@dataclass(frozen=True)
+class TrainedTrial:
+    epochs: tuple[EpochView, ...]
+    seconds: float
+    #: What the judge said when it stopped the trial, if it did.
+    stopped_by: str | None
+
+    @property
+    def best(self) -> float:
+        """Best validation accuracy over the epochs with finite metrics (0 if none)."""
+        finite = [
+            epoch.val_accuracy
+            for epoch in self.epochs
+            if all(math.isfinite(v) for v in (epoch.loss, epoch.val_accuracy, epoch.val_loss))
+        ]
+        return max(finite, default=0.0)
+
+
+def _go_on(_epochs: tuple[EpochView, ...], _data: TrialData) -> None:
+    return None
+
+
+def train(config: TrainConfig, judge: Judge = _go_on) -> TrainedTrial:
+    """Train `config` with the project's trainer, asking `judge` after every epoch."""
+    import keras
+
+    from trainers.data import load_datasets
+    from trainers.fit import fit
+
+    began = time.monotonic()
+    keras.backend.clear_session()  # one process trains every trial: start each from nothing
+    datasets = load_datasets(config)
+    data = TrialData(datasets.num_classes, datasets.validation_count)
+    epochs: list[EpochView] = []
+    stopped_by: list[str] = []
+
+    def report(epoch: int, metrics: Mapping[str, float]) -> str | None:
+        epochs.append(EpochView.from_metrics(epoch, metrics))
+        reason = judge(tuple(epochs), data)
+        if reason is not None:
+            stopped_by.append(reason)
+        return reason
+
+    fit(config, report=report, datasets=datasets, log=lambda _message: None)
+    return TrainedTrial(tuple(epochs), time.monotonic() - began, next(iter(stopped_by), None))

@@ -1,0 +1,137 @@
+"""bench.search_quality: how systems are counted and compared, and its quick run end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.keras_tuner_hyperband import HyperParametersSuggester, declare_space
+from bench.search_quality import (
+    FULL,
+    KERAS_TUNER,
+    QUICK,
+    QUICK_SPACE,
+    SYSTEMS,
+    SearchTrial,
+    SystemRun,
+    conclusion,
+    in_space,
+    load,
+    reach_ratios,
+    save,
+    table,
+)
+from search.studies import DEMO_RECIPE
+from tests.conftest import REPO
+
+
+def _run(system: str, *trials: tuple[int, float | None], seed: int = 0) -> SystemRun:
+    return SystemRun(
+        system, seed, tuple(SearchTrial(epochs, 1.0, value, "t") for epochs, value in trials)
+    )
+
+
+KT = _run(KERAS_TUNER, (1, 0.2), (1, 0.3), (3, 0.5), (3, 0.4))  # 8 epochs, best 0.5
+ASHA = _run("study + asha", (3, 0.45), (2, None), (3, 0.55), (3, 0.6))  # pruned value: None
+MEDIAN = _run("study + median", (5, 0.3), (5, 0.4))
+
+
+def test_a_run_counts_its_best_within_a_budget_and_when_it_reached_a_value() -> None:
+    assert ASHA.anytime() == [(3, 0.45), (5, 0.45), (8, 0.55), (11, 0.6)]
+    assert (ASHA.epochs, ASHA.best) == (11, 0.6)
+    # At KerasTuner's budget (8 epochs) the last trial has not finished yet.
+    assert ASHA.best_within(KT.epochs) == 0.55 and ASHA.best_within(2) == 0.0
+    assert ASHA.epochs_to_reach(0.5) == 8 and ASHA.epochs_to_reach(0.7) is None
+
+
+def test_the_last_line_is_the_shipped_study_against_keras_tuners_best() -> None:
+    runs = [KT, ASHA, MEDIAN]
+    assert reach_ratios(runs, "study + asha") == [1.0]
+    assert reach_ratios(runs, "study + median") == [math.inf]
+    lines = conclusion(runs, headline="study + asha")
+    assert lines == [
+        "study + asha: epochs to reach KerasTuner Hyperband's best: 100%",
+        "study + median: epochs to reach KerasTuner Hyperband's best: not reached",
+        "epochs to reach KerasTuner Hyperband's best: 100% of KerasTuner's "
+        "(study + asha, median of 1 seeds)",
+    ]
+    assert conclusion(runs, headline="study + median")[-1].startswith(
+        "epochs to reach KerasTuner Hyperband's best: not reached (study + median"
+    )
+
+
+def test_saved_runs_are_kept_only_for_the_same_space_and_budget(tmp_path: Path) -> None:
+    path = save([KT, ASHA], QUICK, tmp_path / "runs.json")
+    assert load(QUICK, path) == [KT, ASHA]
+    assert load(dataclasses.replace(QUICK, max_epochs=4), path) == []
+    assert load(FULL, path) == [] and load(QUICK, tmp_path / "none.json") == []
+
+
+def test_the_table_has_a_row_per_run_and_a_summary_per_system() -> None:
+    other_seed = _run(KERAS_TUNER, (4, 0.7), seed=1)
+    lines = table([KT, ASHA, other_seed, _run("study + asha", (4, 0.5), seed=1)])
+    assert lines[1].split() == [*KERAS_TUNER.split(), "0", "0.500", "0.500", "8", "4", "4"]
+    assert lines[2].split() == ["study", "+", "asha", "0", "0.550", "0.600", "11", "4", "4"]
+    summary = {line.split("  ")[0]: line for line in lines[6:]}
+    # Mean ± standard deviation over the two seeds.
+    assert "0.600 ± 0.141" in summary[KERAS_TUNER]
+    assert "0.525 ± 0.035" in summary["study + asha"]
+
+
+def test_the_demo_recipe_is_moved_into_a_shorter_space() -> None:
+    moved = in_space(DEMO_RECIPE, QUICK_SPACE)
+    assert (moved.params["head_epochs"], moved.params["ft_epochs"]) == (1, 2)
+    assert {k: v for k, v in moved.params.items() if not k.endswith("_epochs")} == {
+        k: v for k, v in DEMO_RECIPE.params.items() if not k.endswith("_epochs")
+    }
+
+
+def test_keras_tuner_samples_every_parameter_of_the_project_space() -> None:
+    hp = declare_space(QUICK_SPACE, "synthetic:far")
+    names = {p.name for p in hp.space}
+    # Both fine-tune optimizers' learning rates, and everything the fine-tune phase asks for.
+    assert {"ft_lr_adamw", "ft_lr_sgd", "freeze_bn", "ft_optimizer", "unfreeze_level"} <= names
+    # What the oracle drew for a trial: the space reads it back through the adapter.
+    hp.values.update({"unfreeze_level": 6, "ft_optimizer": "sgd", "ft_lr_sgd": 0.05})
+    config = QUICK_SPACE.sample(HyperParametersSuggester(hp), "synthetic:far")
+    (_, fine_tune) = config.phases
+    assert fine_tune.unfreeze_blocks == 13 and fine_tune.optimizer == "sgd"
+    assert fine_tune.learning_rate == pytest.approx(0.05)
+
+
+@pytest.mark.slow
+def test_the_quick_benchmark_runs_every_system_side_by_side(tmp_path: Path) -> None:
+    # KerasTuner's smallest Hyperband (max_epochs 1: one trial of one epoch) sets a budget
+    # that one trial of every other system spends: a smoke run (a minute or two of trials)
+    # that can honestly assert only that every system ran and was counted.
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.search_quality"),
+            *("--quick", "--max-epochs", "1", "--output", str(tmp_path)),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    rows = {system: [line for line in lines if line.startswith(f"{system} ")] for system in SYSTEMS}
+    # A row for seed 0 and a summary row for each system.
+    assert all(len(found) == 2 for found in rows.values()), rows
+    budget = int(rows[KERAS_TUNER][0].split()[-3])
+    assert budget == 1
+    for system in SYSTEMS:
+        spent = int(rows[system][0].split()[-3])
+        # Every searching system spent the budget, and its last trial ended past it by less
+        # than a trial's length; the hand recipe is one trial.
+        assert (budget <= spent < budget + 3) if system != "hand recipe" else spent == 3
+    assert lines[-1].startswith("epochs to reach KerasTuner Hyperband's best: ")
+    assert (tmp_path / "search_quality_quick.png").stat().st_size > 10_000
+    assert (tmp_path / "search_quality_quick.json").exists()
