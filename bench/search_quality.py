@@ -9,7 +9,9 @@ strategy decides, `bench.corpus`):
   (`bench.keras_tuner_hyperband`), one iteration of every bracket. Its epochs set the budget.
 - `study + median`, `study + asha`, `study + hyperband`: this project's study as `search.run`
   runs it (the demo study's TPE sampler, its enqueued recipes first, the collapse rules, then
-  the Optuna pruner), starting trials until it has spent the budget.
+  the Optuna pruner), starting trials until it has spent the budget; and the study with the
+  pruner it ships with but without its enqueued recipes (`..., no recipe`), to show what the
+  search finds on its own.
 - `random search`: Optuna's `RandomSampler`, every trial trained to the end, same budget.
 - `hand recipe`: the demo study's known-good recipe alone, trained once.
 
@@ -20,9 +22,11 @@ counts; KerasTuner counts every trial's score, as its `get_best_hyperparameters`
 
 It prints one line per trial, a table (best at the budget, final best, epochs and wall seconds
 spent, trials; per seed, then mean and spread per system), writes the anytime curves (best so
-far against epochs spent) as a PNG, and ends with `epochs to reach KerasTuner Hyperband's best:
-X% of KerasTuner's` for the project's best pruner (the median over seeds), or `not reached`.
-`--quick` (CI's smoke run) trains a smaller space for one seed in a few minutes.
+far against epochs spent) as a PNG and the trials as JSON, and ends with `epochs to reach
+KerasTuner Hyperband's best: X% of KerasTuner's` for the demo study as it ships (the median
+over seeds), or `not reached`. Each finished (system, seed) is saved at once, and a later run
+for the same space keeps it and runs only what is missing (`--fresh`: everything again).
+`--quick` trains a smaller space for one seed in minutes (CI runs it as a smoke test).
 """
 
 from __future__ import annotations
@@ -190,6 +194,8 @@ def run_study(
             if collapse is not None and collapse.reason == Reason.NAN:
                 return collapse.reason
             trial.report(epochs[-1].val_accuracy, step=epochs[-1].epoch)  # noqa: B023
+            # The stored trial, as the coordinator reads it: the pruner judges what was
+            # reported, and Optuna offers no public getter for a running trial's record.
             decision = collapse or optuna_decision(
                 study,
                 study._storage.get_trial(trial._trial_id),  # noqa: B023

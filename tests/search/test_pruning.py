@@ -355,8 +355,11 @@ def test_multi_fidelity_rungs_start_after_every_head_phase(name: str) -> None:
 
 def test_a_study_names_its_pruner_from_the_known_ones() -> None:
     demo = get_study_spec("demo")
-    assert isinstance(demo.make_pruner(), optuna.pruners.MedianPruner)
-    assert isinstance(replace(demo, pruner="asha").make_pruner(), SuccessiveHalvingPruner)
+    # The studies users run take the pruner bench.search_quality chose; smoke keeps the median.
+    for name in ("demo", "effnet_b0", "effnet_b4"):
+        assert isinstance(get_study_spec(name).make_pruner(), SuccessiveHalvingPruner), name
+    assert isinstance(get_study_spec("smoke").make_pruner(), optuna.pruners.MedianPruner)
+    assert isinstance(replace(demo, pruner="median").make_pruner(), optuna.pruners.MedianPruner)
     with pytest.raises(
         ValueError, match="unknown pruner 'bogus'; allowed: median, asha, hyperband"
     ):
