@@ -11,14 +11,13 @@ pruner costs no training to try. A corpus is one JSON file per generated task:
 Configurations are drawn from `BENCH_SPACE` (the demo's space with a deeper ladder, longer
 fine-tuning and more validation images) by Optuna's `RandomSampler` with a fixed seed, so the
 corpus depends only on the seed and the task. Each is trained in this process by the project's
-trainer (`trainers.fit.fit`), exactly as a worker would, with no report hook.
+trainer (`bench.trials.train`), exactly as a worker would, never stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 
 import optuna
 
+from bench.trials import best_accuracy, train
 from search.pruning import EpochView
 from spaces import demo
 from spaces.finetune import FineTuneSpace
@@ -56,14 +56,8 @@ class CurveRecord:
 
     @property
     def best(self) -> float:
-        """The objective had it run to the end: best validation accuracy over the epochs with
-        finite metrics (a non-finite loss ends a trial, and that epoch counts for nothing)."""
-        finite = [
-            epoch.val_accuracy
-            for epoch in self.epochs
-            if all(math.isfinite(v) for v in (epoch.loss, epoch.val_accuracy, epoch.val_loss))
-        ]
-        return max(finite, default=0.0)
+        """The objective had it run to the end."""
+        return best_accuracy(self.epochs)
 
     @property
     def best_epoch(self) -> int:
@@ -143,11 +137,6 @@ def build_corpus(
     progress: Callable[[str], None] = print,
 ) -> Corpus:
     """Train `configurations` configurations of `space` on `task` to completion."""
-    import keras
-
-    from trainers.data import load_datasets
-    from trainers.fit import fit
-
     data_source = TASKS[task]
     sampler = optuna.samplers.RandomSampler(seed=seed)
     study = optuna.create_study(direction="maximize", sampler=sampler)
@@ -157,24 +146,18 @@ def build_corpus(
     for number in range(configurations):
         trial = study.ask()
         config = space.sample(trial, data_source)
-        began = time.monotonic()
-        keras.backend.clear_session()
-        datasets = load_datasets(config)
-        num_classes, validation_images = datasets.num_classes, datasets.validation_count
-        result = fit(config, datasets=datasets, log=lambda _message: None)
-        epochs = tuple(
-            EpochView.from_metrics(int(row["epoch"]), row) for row in result.history.records
-        )
+        trained = train(config)
+        num_classes, validation_images = trained.data.num_classes, trained.data.validation_images
         record = CurveRecord(
             number=number,
             params=dict(trial.params),
             unfreezing_phases=config.unfreezing_phases,
-            epochs=epochs,
-            seconds=time.monotonic() - began,
+            epochs=trained.epochs,
+            seconds=trained.seconds,
         )
         records.append(record)
         study.tell(trial, record.best)
-        curve = " ".join(f"{epoch.val_accuracy:.2f}" for epoch in epochs)
+        curve = " ".join(f"{epoch.val_accuracy:.2f}" for epoch in trained.epochs)
         progress(
             f"{task} {number + 1:>3}/{configurations}  best {record.best:.3f}  [{curve}]  "
             f"{record.seconds:.0f}s, {time.monotonic() - started:.0f}s elapsed"

@@ -89,7 +89,7 @@ class Mode:
 #: about an hour on 2 CPU cores.
 FULL_SPACE = dataclasses.replace(BENCH_SPACE, head_epochs=(2,), ft_epochs=(3,))
 FULL = Mode(FULL_SPACE, seeds=(0, 1, 2), max_epochs=5)
-QUICK = Mode(QUICK_SPACE, seeds=(0,), max_epochs=3)
+QUICK = Mode(QUICK_SPACE, seeds=(0,), max_epochs=2)
 
 
 @dataclass(frozen=True)
@@ -431,7 +431,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-epochs",
         type=int,
         help="KerasTuner Hyperband's max_epochs, which sets every system's budget (default: "
-        "the space's longest configuration; --quick: 3)",
+        "the space's longest configuration; --quick: 2)",
     )
     parser.add_argument(
         "--fresh",

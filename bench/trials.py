@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from search.pruning import EpochView
@@ -32,22 +32,28 @@ class TrialData:
 Judge = Callable[[tuple[EpochView, ...], TrialData], str | None]
 
 
+def best_accuracy(epochs: Sequence[EpochView]) -> float:
+    """The objective of a curve: best validation accuracy over the epochs with finite metrics
+    (a non-finite loss ends a trial, and that epoch counts for nothing); 0 if none."""
+    finite = [
+        epoch.val_accuracy
+        for epoch in epochs
+        if all(math.isfinite(v) for v in (epoch.loss, epoch.val_accuracy, epoch.val_loss))
+    ]
+    return max(finite, default=0.0)
+
+
 @dataclass(frozen=True)
 class TrainedTrial:
     epochs: tuple[EpochView, ...]
     seconds: float
     #: What the judge said when it stopped the trial, if it did.
     stopped_by: str | None
+    data: TrialData
 
     @property
     def best(self) -> float:
-        """Best validation accuracy over the epochs with finite metrics (0 if none)."""
-        finite = [
-            epoch.val_accuracy
-            for epoch in self.epochs
-            if all(math.isfinite(v) for v in (epoch.loss, epoch.val_accuracy, epoch.val_loss))
-        ]
-        return max(finite, default=0.0)
+        return best_accuracy(self.epochs)
 
 
 def _go_on(_epochs: tuple[EpochView, ...], _data: TrialData) -> None:
@@ -76,4 +82,5 @@ def train(config: TrainConfig, judge: Judge = _go_on) -> TrainedTrial:
         return reason
 
     fit(config, report=report, datasets=datasets, log=lambda _message: None)
-    return TrainedTrial(tuple(epochs), time.monotonic() - began, next(iter(stopped_by), None))
+    seconds = time.monotonic() - began
+    return TrainedTrial(tuple(epochs), seconds, next(iter(stopped_by), None), data)
