@@ -114,11 +114,14 @@ def test_two_coordinators_share_an_epoch_budget_exactly_and_a_resume_keeps_it(
     _check_exact(trials, 20)
     started = [sum(" started (slot " in line for line in c.lines) for c in coordinators]
     assert all(count >= 1 for count in started) and sum(started) == len(trials)
-    # Both summaries count the whole study's spending, and say why it ended.
+    # Both summaries count the whole study's spending, and say why it ended. A coordinator
+    # stops once the budget is spent, without waiting for its peer's last trial, so its
+    # summary counts that trial's epochs so far: between the budget and the final total.
     spent = sum(int(trial.user_attrs[TrialAttr.EPOCHS_SPENT]) for trial in trials)
     for coordinator in coordinators:
         last = [line for line in coordinator.lines if line.startswith("study smoke: ")][-1]
-        assert f"spent {spent}/20 epochs" in last and last.endswith("; epoch budget reached")
+        shown = int(last.split("; spent ")[1].split("/")[0])
+        assert 20 <= shown <= spent and last.endswith("; epoch budget reached"), last
         assert any(is_finished_line(line) and "/20 epochs" in line for line in coordinator.lines)
 
     # A resume with a larger budget continues from what was spent, and stops exactly again.
