@@ -29,6 +29,7 @@ from search.active_trial import ActiveTrial, WorkerEntry, judge, spawn_worker
 from search.budget import Limit, budget
 from search.closing import Ending, TrialCloser, Verdict, trial_files
 from search.liveness import Liveness, retry_params
+from search.prewarm import Standbys
 from search.protocol import (
     Continue,
     Epoch,
@@ -111,6 +112,9 @@ class Coordinator:
             needs_rerun=self.closer.needs_rerun,
         )
         self.context = multiprocessing.get_context("spawn")
+        self.standbys = Standbys(
+            self.context, worker, os.getpid(), settings.output_dir, enabled=settings.prewarm
+        )
         self.active: dict[int, ActiveTrial] = {}
         self.stop_signals = StopSignals()
 
@@ -162,13 +166,19 @@ class Coordinator:
         run_id = self.tracker.start_trial(trial.number, trial.params, config)
         trial.set_user_attr(TrialAttr.MLFLOW_RUN_ID, run_id)
         environments = self.settings.worker_environments
+        environment = environments[slot] if slot < len(environments) else {}
         request = WorkerRequest(
             trial_number=trial.number,
             config_yaml=config_yaml,
             log_path=str(folder / "worker.log"),
-            environment=environments[slot] if slot < len(environments) else {},
+            environment=environment,
+            cache_dir=None if self.settings.cache_dir is None else str(self.settings.cache_dir),
         )
-        process, connection = spawn_worker(self.context, request, os.getpid(), self.worker)
+        warm = self.standbys.hand_over(slot, request)
+        process, connection = warm or spawn_worker(self.context, request, os.getpid(), self.worker)
+        if budget(self.study, self.limits).exhausted() is None:
+            # Another trial may follow in this slot: its process starts up while this one trains.
+            self.standbys.prepare(slot, environment)
         self.active[trial.number] = ActiveTrial(
             trial, config, process, connection, run_id, folder, slot
         )
@@ -359,6 +369,7 @@ class Coordinator:
             self._run_trials()
             return self._finish(status="FINISHED")
         finally:
+            self.standbys.close()
             self.liveness.close()
             self.lock.close()
 

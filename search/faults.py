@@ -13,7 +13,9 @@ those batches would (what the sampler must learn to avoid).
 - `kill`: the worker SIGKILLs itself (as the OOM killer or a node failure would);
 - `gpu_oom`: raises tf.errors.ResourceExhaustedError, as TensorFlow does on a GPU;
 - `host_oom`: raises MemoryError;
-- `nan`: overwrites the head's weights with NaN, so the next epoch's loss really is NaN.
+- `nan`: overwrites the head's weights with NaN, so the next epoch's loss really is NaN;
+- `kill_caching`: the worker SIGKILLs itself while writing a cache entry, after the N-th chunk
+  (`kill_caching@0:1`: trial 0, first chunk), as a worker killed mid-write would.
 
 Unset (always, outside tests), nothing here runs.
 """
@@ -22,11 +24,13 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 ENVIRONMENT_VARIABLE = "FINETUNE_SEARCH_FAULTS"
-KINDS = ("kill", "gpu_oom", "host_oom", "nan")
+KINDS = ("kill", "gpu_oom", "host_oom", "nan", "kill_caching")
+KILL_CACHING = "kill_caching"
 
 
 #: How a fault names the smallest batch size it strikes: `batch>=64`.
@@ -77,13 +81,29 @@ def faults_for(trial_number: int, batch_size: int) -> list[Fault]:
     return [fault for fault in plan if fault.strikes(trial_number, batch_size)]
 
 
+def cache_fault(faults: list[Fault]) -> Callable[[], None] | None:
+    """What to call after each chunk a cache entry writes, if `faults` has a kill_caching."""
+    chunks = [fault.epoch for fault in faults if fault.kind == KILL_CACHING]
+    if not chunks:
+        return None
+    written = [0]
+
+    def after_chunk() -> None:
+        written[0] += 1
+        if written[0] >= chunks[0]:
+            print(f"injecting fault {KILL_CACHING!r} after chunk {written[0]}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return after_chunk
+
+
 def fault_callback(faults: list[Fault]) -> Any:
     """A Keras callback that injects `faults` at the end of their epochs."""
     import keras
     import numpy as np
     import tensorflow as tf
 
-    by_epoch = {fault.epoch: fault.kind for fault in faults}
+    by_epoch = {fault.epoch: fault.kind for fault in faults if fault.kind != KILL_CACHING}
 
     class InjectFaults(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:

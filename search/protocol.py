@@ -21,6 +21,8 @@ class WorkerRequest:
     log_path: str
     #: Extra environment for the worker (CUDA_VISIBLE_DEVICES pins it to one GPU).
     environment: Mapping[str, str] = field(default_factory=dict)
+    #: The study's cache folder (decoded images, frozen features); None: no caching.
+    cache_dir: str | None = None
 
 
 @dataclass(frozen=True)

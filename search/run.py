@@ -88,6 +88,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--output", help="folder for trial logs and artifacts (default: runs/search/<study>)"
     )
+    parser.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_false",
+        help="decode images and compute frozen features in every trial instead of once per "
+        "study in OUTPUT/cache",
+    )
     parallel = parser.add_argument_group("parallel and fault tolerance")
     parallel.add_argument(
         "--workers",
@@ -98,6 +105,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--gpus",
         help="GPU indices as nvidia-smi numbers them, one worker pinned to each, e.g. 0,1 "
         "(default: those in $CUDA_VISIBLE_DEVICES if set, else all that nvidia-smi lists)",
+    )
+    parallel.add_argument(
+        "--no-prewarm",
+        dest="prewarm",
+        action="store_false",
+        help="start each trial's process when the trial starts, not while the previous one trains",
     )
     parallel.add_argument(
         "--retries",
@@ -192,6 +205,8 @@ def settings_from(args: argparse.Namespace) -> tuple[str, RunSettings]:
         grace_period=args.grace_period,
         budget_epochs=args.budget_epochs,
         budget_hours=args.budget_hours,
+        cache=args.cache,
+        prewarm=args.prewarm,
     )
 
 

@@ -27,6 +27,10 @@ class StudyMismatchError(ValueError):
     """The command does not match the study it would continue; reported as one line."""
 
 
+#: The study's caches live in this subfolder of its output folder.
+CACHE_FOLDER = "cache"
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """How to run a study; every field has a CLI flag in `search.run`."""
@@ -50,6 +54,15 @@ class RunSettings:
     #: Compute budgets shared by every coordinator and resume (`search.budget`).
     budget_epochs: int | None = None
     budget_hours: float | None = None
+    #: Decoded images and frozen features shared by the study's trials, under the output
+    #: folder (`--no-cache` turns them off).
+    cache: bool = True
+    #: Start each slot's next worker process while its current trial trains (`search.prewarm`).
+    prewarm: bool = True
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return self.output_dir / CACHE_FOLDER if self.cache else None
 
     @property
     def limits(self) -> Limits:

@@ -17,8 +17,10 @@ import time
 import traceback
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from search.faults import fault_callback, faults_for
+from search.faults import Fault, cache_fault, fault_callback, faults_for
 from search.protocol import (
     Epoch,
     Failed,
@@ -29,8 +31,14 @@ from search.protocol import (
 )
 from search.vocabulary import Reason
 
+#: What a prewarmed process imports while the previous trial trains (`search.prewarm`).
+WARM_UP_MODULES = ("trainers.fit",)
 
-def _redirect_output(log_path: str) -> None:
+if TYPE_CHECKING:
+    from trainers.cache_store import CacheProgress
+
+
+def redirect_output(log_path: str) -> None:
     log = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
     # dup2 the file descriptors too, so TensorFlow's C++ logging lands in the same file.
     os.dup2(log.fileno(), 1)
@@ -38,7 +46,7 @@ def _redirect_output(log_path: str) -> None:
     sys.stdout = sys.stderr = log
 
 
-def _exit_when_orphaned(parent_pid: int) -> None:
+def exit_when_orphaned(parent_pid: int) -> None:
     """If the coordinator is killed (kill -9), stop training instead of running on unseen."""
 
     def watch() -> None:
@@ -63,14 +71,29 @@ def _classify(error: BaseException) -> Reason:
     return Reason.ERROR
 
 
+def _cache_progress(faults: list[Fault]) -> CacheProgress:
+    """Log how far a cache entry has come (every 10 s) and inject a kill_caching fault."""
+    from trainers.cache_store import throttled_progress
+
+    logged = throttled_progress(lambda line: print(line, flush=True))
+    after_chunk = cache_fault(faults)
+
+    def progress(what: str, done: int, total: int) -> None:
+        logged(what, done, total)
+        if after_chunk is not None:
+            after_chunk()
+
+    return progress
+
+
 def run_worker(connection: Connection, request: WorkerRequest, parent_pid: int) -> None:
     """Entry point of the spawned process."""
     # Ctrl-C reaches the whole process group; the coordinator decides what happens to us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(request.environment)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _redirect_output(request.log_path)
-    _exit_when_orphaned(parent_pid)
+    redirect_output(request.log_path)
+    exit_when_orphaned(parent_pid)
     print(f"trial {request.trial_number}: worker pid {os.getpid()}", flush=True)
     try:
         from trainers.config import TrainConfig
@@ -78,7 +101,10 @@ def run_worker(connection: Connection, request: WorkerRequest, parent_pid: int) 
         from trainers.fit import fit
 
         config = TrainConfig.from_yaml(request.config_yaml, origin=f"trial {request.trial_number}")
-        datasets = load_datasets(config)
+        cache_dir = None if request.cache_dir is None else Path(request.cache_dir)
+        injected = faults_for(request.trial_number, config.batch_size)
+        progress = _cache_progress(injected)
+        datasets = load_datasets(config, cache_dir=cache_dir, progress=progress)
         connection.send(
             Started(
                 num_classes=datasets.num_classes,
@@ -96,9 +122,15 @@ def run_worker(connection: Connection, request: WorkerRequest, parent_pid: int) 
                 return Reason.COORDINATOR_GONE
             return reply.reason if isinstance(reply, Stop) else None
 
-        injected = faults_for(request.trial_number, config.batch_size)
         callbacks = [fault_callback(injected)] if injected else []
-        result = fit(config, report=report, datasets=datasets, callbacks=callbacks)
+        result = fit(
+            config,
+            report=report,
+            datasets=datasets,
+            callbacks=callbacks,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
         connection.send(Finished(stop_reason=result.stop_reason, stop_detail=result.stop_detail))
     except BaseException as error:  # report anything, then exit non-zero
         details = traceback.format_exc()

@@ -4,24 +4,57 @@ Every pipeline yields batches of (float32 images with raw 0-255 pixels, one-hot 
 preprocessing belongs to the model, and the guard in `trainers.preprocessing` checks it.
 Decoding runs in parallel and batches are prefetched. Bad data is reported before any model is
 built (`DataError`); unreadable files are skipped with a `DataWarning`.
+
+Loading is two steps: `load_examples` gives the images in a fixed order with what identifies
+them (the caches' key), and `batch_examples` shuffles, batches and augments them for training.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from trainers.augmentation import make_augmentation
+from trainers.cache_store import CacheProgress
 from trainers.config import SYNTHETIC_PREFIX, TFDS_PREFIX, TrainConfig
 from trainers.errors import DataError
 from trainers.image_folder import scan_image_folder, stratified_split
+from trainers.synthetic import GENERATOR_VERSION as SYNTHETIC_GENERATOR_VERSION
 from trainers.synthetic import generate
 
 AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclass(frozen=True)
+class Examples:
+    """A study's images before batching: a fixed order, no augmentation, raw 0-255 float32.
+
+    `identity` is everything the images depend on (source, files, split, size); the
+    decoded-image and frozen-feature caches are keyed by it.
+    """
+
+    #: (float32 image, int64 label) pairs, in the same order every time.
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    class_names: tuple[str, ...]
+    train_count: int
+    validation_count: int
+    identity: Mapping[str, Any]
+    skipped_files: tuple[str, ...] = ()
+    #: The training labels in order, where known without reading the images.
+    train_labels: np.ndarray | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
 
 @dataclass(frozen=True)
@@ -35,6 +68,8 @@ class Datasets:
     validation_count: int
     skipped_files: tuple[str, ...] = ()
     class_weights: dict[int, float] | None = field(default=None)
+    #: What the pipelines were batched from; None for pipelines made some other way (tests).
+    examples: Examples | None = None
 
     @property
     def num_classes(self) -> int:
@@ -51,14 +86,30 @@ class Datasets:
         )
 
 
-def load_datasets(config: TrainConfig) -> Datasets:
-    """Build both pipelines for `config`; raise DataError for unusable data."""
+def load_examples(config: TrainConfig) -> Examples:
+    """The images `config.data` describes, in order; raise DataError for unusable data."""
     kind = config.data.source_kind
     if kind == "synthetic":
         return _synthetic(config)
     if kind == "tfds":
         return _tfds(config)
     return _directory(config)
+
+
+def load_datasets(
+    config: TrainConfig, *, cache_dir: Path | None = None, progress: CacheProgress | None = None
+) -> Datasets:
+    """Build both pipelines for `config`; raise DataError for unusable data.
+
+    With `cache_dir`, images are decoded and resized once into a cache shared by every run
+    that uses the same images at the same size (`trainers.image_cache`).
+    """
+    examples = load_examples(config)
+    if cache_dir is not None:
+        from trainers.image_cache import decoded_images
+
+        examples = decoded_images(examples, cache_dir, progress)
+    return batch_examples(config, examples)
 
 
 def balanced_class_weights(
@@ -70,15 +121,20 @@ def balanced_class_weights(
     return {label: total / (num_classes * counts[label]) for label in range(num_classes)}
 
 
-def _finish(
+def shuffle_and_batch(
     config: TrainConfig,
     train: tf.data.Dataset,
     validation: tf.data.Dataset,
     *,
     num_classes: int,
     train_size: int,
+    augment: bool = True,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """Shared tail: cache, shuffle, batch, augment, one-hot and prefetch."""
+    """Shared tail: cache, shuffle, batch, augment, one-hot and prefetch.
+
+    The frozen-feature cache batches its features through here too (`augment=False`): the
+    same seed and buffer then give the same batches in the same order as the images.
+    """
     if config.data.cache:
         train, validation = train.cache(), validation.cache()
     train = train.shuffle(
@@ -86,10 +142,10 @@ def _finish(
     )
     train = train.batch(config.batch_size)
     validation = validation.batch(config.batch_size)
-    augment = make_augmentation(config.data.augmentation, seed=config.seed)
-    if augment is not None:
+    transform = make_augmentation(config.data.augmentation, seed=config.seed) if augment else None
+    if transform is not None:
         train = train.map(
-            lambda images, labels: (augment(images), labels), num_parallel_calls=AUTOTUNE
+            lambda images, labels: (transform(images), labels), num_parallel_calls=AUTOTUNE
         )
 
     def one_hot(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -101,15 +157,38 @@ def _finish(
     return train, validation
 
 
-def _class_weights(
-    config: TrainConfig, labels: np.ndarray, num_classes: int
-) -> dict[int, float] | None:
+def batch_examples(config: TrainConfig, examples: Examples) -> Datasets:
+    train, validation = shuffle_and_batch(
+        config,
+        examples.train,
+        examples.validation,
+        num_classes=examples.num_classes,
+        train_size=examples.train_count,
+    )
+    return Datasets(
+        train,
+        validation,
+        examples.class_names,
+        examples.train_count,
+        examples.validation_count,
+        skipped_files=examples.skipped_files,
+        class_weights=_class_weights(config, examples),
+        examples=examples,
+    )
+
+
+def _class_weights(config: TrainConfig, examples: Examples) -> dict[int, float] | None:
     if config.data.class_weighting == "none":
         return None
-    return balanced_class_weights(labels, num_classes)
+    labels = examples.train_labels
+    if labels is None:
+        labels = np.fromiter(
+            (int(label) for _, label in examples.train.as_numpy_iterator()), np.int64
+        )
+    return balanced_class_weights(labels, examples.num_classes)
 
 
-def _synthetic(config: TrainConfig) -> Datasets:
+def _synthetic(config: TrainConfig) -> Examples:
     spec = config.data.synthetic
     assert spec is not None  # filled in by TrainConfig for synthetic sources
     task = config.data.source[len(SYNTHETIC_PREFIX) :]
@@ -122,26 +201,28 @@ def _synthetic(config: TrainConfig) -> Datasets:
     )
     assert isinstance(config.data.validation, float)  # DataConfig rejects names for synthetic
     split = stratified_split(data.labels, config.data.validation, config.data.seed)
-
-    def arrays(indices: np.ndarray) -> tf.data.Dataset:
-        images = tf.data.Dataset.from_tensor_slices((data.images[indices], data.labels[indices]))
-        return images.map(lambda image, label: (tf.cast(image, tf.float32), label))
-
-    train, validation = _finish(
-        config,
-        arrays(split.train),
-        arrays(split.validation),
-        num_classes=len(data.class_names),
-        train_size=len(split.train),
-    )
-    return Datasets(
-        train,
-        validation,
+    return Examples(
+        in_order(data.images[split.train], data.labels[split.train]),
+        in_order(data.images[split.validation], data.labels[split.validation]),
         data.class_names,
         len(split.train),
         len(split.validation),
-        class_weights=_class_weights(config, data.labels[split.train], len(data.class_names)),
+        identity={
+            "source": config.data.source,
+            "synthetic": spec.model_dump(),
+            "generator": SYNTHETIC_GENERATOR_VERSION,
+            "image_size": config.data.image_size,
+            "validation": config.data.validation,
+            "split_seed": config.data.seed,
+        },
+        train_labels=data.labels[split.train],
     )
+
+
+def in_order(images: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
+    """(float32 image, label) pairs from in-memory uint8 images, in their order."""
+    pairs = tf.data.Dataset.from_tensor_slices((images, labels))
+    return pairs.map(lambda image, label: (tf.cast(image, tf.float32), label))
 
 
 def _decode_file(image_size: int):  # type: ignore[no-untyped-def]
@@ -164,41 +245,52 @@ def _files(paths: np.ndarray, labels: np.ndarray, image_size: int) -> tf.data.Da
     )
 
 
-def _directory(config: TrainConfig) -> Datasets:
+def _files_fingerprint(paths: np.ndarray, labels: np.ndarray) -> str:
+    """A digest of every file's path, size, modification time and label."""
+    digest = hashlib.sha256()
+    for path, label in zip(paths.tolist(), labels.tolist(), strict=True):
+        status = os.stat(path)
+        digest.update(
+            f"{os.path.abspath(path)}\0{status.st_size}\0{status.st_mtime_ns}\0{label}\n".encode()
+        )
+    return digest.hexdigest()
+
+
+def _directory(config: TrainConfig) -> Examples:
     folder = scan_image_folder(config.data.source)
-    labels = np.asarray(folder.labels)
+    labels = np.asarray(folder.labels, np.int64)
     paths = np.asarray(folder.paths)
     skipped = folder.skipped
     if isinstance(config.data.validation, str):
         held_out = scan_image_folder(config.data.validation, class_names=folder.class_names)
         train_paths, train_labels = paths, labels
         validation_paths = np.asarray(held_out.paths)
-        validation_labels = np.asarray(held_out.labels)
+        validation_labels = np.asarray(held_out.labels, np.int64)
         skipped += held_out.skipped
     else:
         split = stratified_split(labels, config.data.validation, config.data.seed)
         train_paths, train_labels = paths[split.train], labels[split.train]
         validation_paths, validation_labels = paths[split.validation], labels[split.validation]
     size = config.data.image_size
-    train, validation = _finish(
-        config,
+    return Examples(
         _files(train_paths, train_labels, size),
         _files(validation_paths, validation_labels, size),
-        num_classes=folder.num_classes,
-        train_size=len(train_paths),
-    )
-    return Datasets(
-        train,
-        validation,
         folder.class_names,
         len(train_paths),
         len(validation_paths),
+        identity={
+            "source": os.path.abspath(config.data.source),
+            "class_names": list(folder.class_names),
+            "train_files": _files_fingerprint(train_paths, train_labels),
+            "validation_files": _files_fingerprint(validation_paths, validation_labels),
+            "image_size": size,
+        },
         skipped_files=skipped,
-        class_weights=_class_weights(config, train_labels, folder.num_classes),
+        train_labels=train_labels,
     )
 
 
-def _tfds(config: TrainConfig) -> Datasets:
+def _tfds(config: TrainConfig) -> Examples:
     """TFDS datasets, e.g. tfds:stanford_dogs; downloads into ~/tensorflow_datasets on first use."""
     try:
         import tensorflow_datasets as tfds
@@ -229,19 +321,16 @@ def _tfds(config: TrainConfig) -> Datasets:
     def resize(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return tf.image.resize(image, (size, size)), label
 
-    train_count = int(train_raw.cardinality())
-    validation_count = int(validation_raw.cardinality())
-    train, validation_set = _finish(
-        config,
+    return Examples(
         train_raw.map(resize, num_parallel_calls=AUTOTUNE),
         validation_raw.map(resize, num_parallel_calls=AUTOTUNE),
-        num_classes=len(class_names),
-        train_size=train_count,
-    )
-    weights = None
-    if config.data.class_weighting == "balanced":
-        labels = np.fromiter((int(label) for _, label in train_raw.as_numpy_iterator()), np.int64)
-        weights = balanced_class_weights(labels, len(class_names))
-    return Datasets(
-        train, validation_set, class_names, train_count, validation_count, class_weights=weights
+        class_names,
+        int(train_raw.cardinality()),
+        int(validation_raw.cardinality()),
+        identity={
+            "source": config.data.source,
+            "version": str(info.version),
+            "splits": splits,
+            "image_size": size,
+        },
     )

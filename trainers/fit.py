@@ -6,6 +6,10 @@ continues; epoch numbers run on across phases. After every epoch the optional `r
 gets the global epoch and that epoch's metrics and may return a reason to stop: this is how the
 search prunes. A non-finite loss stops training at once. The weights of the epoch with the best
 validation accuracy are restored before the model is returned.
+
+With a `cache_dir`, images are decoded once into a cache there (`trainers.image_cache`), and the
+leading head-only phases train on cached backbone features (`trainers.feature_cache`) when no
+random augmentation is used; either way the epochs, metrics and hooks are the same.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import keras
 
 from trainers.backbones import get_backbone
+from trainers.cache_store import CacheProgress, folder_size, throttled_progress
 from trainers.config import TrainConfig
 from trainers.data import Datasets, load_datasets
+from trainers.feature_cache import HeadOnFeatures, head_on_features, why_not_cached
 from trainers.history import OBJECTIVE, TrainingHistory, non_finite_keys
 from trainers.model import FineTuneModel, build_model, set_trainable_units
 from trainers.optimization import current_learning_rate, make_optimizer
@@ -91,10 +98,18 @@ class _EpochCallback(keras.callbacks.Callback):
     """Records each epoch, keeps the best weights, and applies NaN and report-hook stops."""
 
     def __init__(
-        self, state: _RunState, phase: int, total_epochs: int, report: ReportHook | None, log: Log
+        self,
+        state: _RunState,
+        phase: int,
+        total_epochs: int,
+        report: ReportHook | None,
+        log: Log,
+        full_model: keras.Model,
     ) -> None:
         super().__init__()
         self.state = state
+        #: The model whose weights are kept: the fitted one may be the head alone.
+        self.full_model = full_model
         self.phase = phase
         self.total_epochs = total_epochs
         self.report = report
@@ -129,7 +144,7 @@ class _EpochCallback(keras.callbacks.Callback):
             accuracy = metrics.get(OBJECTIVE, -math.inf)
             if accuracy > self.state.best_accuracy:
                 self.state.best_accuracy = accuracy
-                self.state.best_weights = self.model.get_weights()
+                self.state.best_weights = self.full_model.get_weights()
 
         if self.report is not None:
             reason = self.report(global_epoch, metrics)
@@ -161,28 +176,63 @@ def fit(
     datasets: Datasets | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     log: Log = _print,
+    cache_dir: Path | None = None,
+    progress: CacheProgress | None = None,
 ) -> FitResult:
     """Train `config` phase by phase and return the history and the best-epoch model.
 
     `datasets` replaces the pipelines `config.data` describes (tests inject broken ones);
     `callbacks` are extra Keras callbacks (TensorBoard, checkpoints) added to every phase.
+    `cache_dir` turns on the decoded-image and frozen-feature caches there; `progress` hears
+    how far building a cache entry has come (by default, a log line every 10 s).
     Raises DataError, PreprocessingError or ModelBuildError before any training starts.
     """
     previous_policy = keras.config.dtype_policy()
     keras.utils.set_random_seed(config.seed)
+    progress = progress if progress is not None else throttled_progress(log)
     try:
         if config.mixed_precision:
             keras.config.set_dtype_policy("mixed_float16")
-        datasets = datasets if datasets is not None else load_datasets(config)
+        if datasets is None:
+            datasets = load_datasets(config, cache_dir=cache_dir, progress=progress)
         log(f"data: {datasets.describe()} from {config.data.source}")
         check_pipeline(datasets, config)
         network = build_model(config, datasets.num_classes)
         if config.l2sp_alpha > 0:
             deepest = max(phase.unfreeze_blocks for phase in config.phases)
             attach_l2sp(network, config.l2sp_alpha, unfreeze_blocks=deepest)
-        return _run_phases(config, network, datasets, report, callbacks, log)
+        head = None
+        if cache_dir is not None:
+            head = _head_on_cached_features(config, network, datasets, cache_dir, progress, log)
+        return _run_phases(config, network, datasets, report, callbacks, log, head)
     finally:
         keras.config.set_dtype_policy(previous_policy)
+
+
+def _head_on_cached_features(
+    config: TrainConfig,
+    network: FineTuneModel,
+    datasets: Datasets,
+    cache_dir: Path,
+    progress: CacheProgress,
+    log: Log,
+) -> HeadOnFeatures | None:
+    reason = why_not_cached(config, datasets)
+    if reason is not None:
+        log(f"feature cache not used: {reason}")
+        return None
+    started = time.monotonic()
+    head, folder, built = head_on_features(config, network, datasets, cache_dir, progress)
+    # The preprocessing guard drew a batch from the image pipeline, which moved its reshuffle
+    # on by one order; draw one from the features too, so both give the same batches.
+    for _ in head.train.take(1):
+        pass
+    how = f"computed in {time.monotonic() - started:.1f}s" if built else "reused"
+    log(
+        f"feature cache: head phase on frozen features, {how} "
+        f"({folder_size(folder) / 2**20:.1f} MiB in {folder})"
+    )
+    return head
 
 
 def _run_phases(
@@ -192,6 +242,7 @@ def _run_phases(
     report: ReportHook | None,
     callbacks: Sequence[keras.callbacks.Callback],
     log: Log,
+    head: HeadOnFeatures | None,
 ) -> FitResult:
     state = _RunState()
     steps_per_epoch = datasets.steps_per_epoch(config.batch_size)
@@ -200,23 +251,29 @@ def _run_phases(
         summary = set_trainable_units(
             network, phase.unfreeze_blocks, freeze_batchnorm=phase.freeze_batchnorm
         )
+        on_features = head is not None and number <= head.phases
         log(
             f"phase {number}/{len(config.phases)}: {phase.epochs} epochs, {phase.optimizer} "
             f"lr {phase.learning_rate:g} ({phase.schedule}); {summary.describe()}"
+            + ("; on cached features" if on_features else "")
         )
-        network.model.compile(
+        if head is not None and on_features:
+            model, train, validation = head.model, head.train, head.validation
+        else:
+            model, train, validation = network.model, datasets.train, datasets.validation
+        model.compile(
             optimizer=make_optimizer(phase, steps_per_epoch),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
             metrics=_metrics(datasets.num_classes),
         )
-        network.model.fit(
-            datasets.train,
-            validation_data=datasets.validation,
+        model.fit(
+            train,
+            validation_data=validation,
             initial_epoch=first_epoch,
             epochs=first_epoch + phase.epochs,
             class_weight=datasets.class_weights,
             callbacks=[
-                _EpochCallback(state, number, config.total_epochs, report, log),
+                _EpochCallback(state, number, config.total_epochs, report, log, network.model),
                 *callbacks,
             ],
             # The pipeline shuffles itself; Keras' own shuffle flag does not apply to datasets.

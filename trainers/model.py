@@ -4,11 +4,14 @@ The backbone stays a nested Keras model so that its weights can be saved and loa
 own (`.weights.h5`, as `trainers.pretrain` writes them). Freezing is per layer: a frozen
 BatchNormalization layer (`trainable=False`) also runs in inference mode in Keras 3, so
 `freeze_batchnorm` keeps the pretrained statistics intact while the blocks around it train.
+Stochastic depth (EfficientNet's `*_drop` layers) is switched off in frozen blocks, so the frozen
+part of the network is a fixed function of its input, as the frozen-feature cache requires.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -31,6 +34,8 @@ class FineTuneModel:
     backbone: keras.Model
     spec: BackboneSpec
     units: tuple[BlockUnit, ...]
+    #: Each stochastic-depth layer's rate while its block trains.
+    drop_connect_rates: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,14 @@ def _resolve_weights(weights: str | None) -> str | None:
     return str(path)
 
 
+def _drop_connect_layers(backbone: keras.Model) -> list[keras.layers.Dropout]:
+    return [
+        layer
+        for layer in backbone.layers
+        if isinstance(layer, keras.layers.Dropout) and layer.name.endswith("_drop")
+    ]
+
+
 def set_drop_connect_rate(backbone: keras.Model, spec: BackboneSpec, rate: float) -> None:
     """Rescale EfficientNet's stochastic-depth (block `*_drop`) rates to a new maximum.
 
@@ -84,9 +97,8 @@ def set_drop_connect_rate(backbone: keras.Model, spec: BackboneSpec, rate: float
     """
     if spec.default_drop_connect_rate is None:
         return
-    for layer in backbone.layers:
-        if isinstance(layer, keras.layers.Dropout) and layer.name.endswith("_drop"):
-            layer.rate = layer.rate / spec.default_drop_connect_rate * rate
+    for layer in _drop_connect_layers(backbone):
+        layer.rate = layer.rate / spec.default_drop_connect_rate * rate
 
 
 def build_model(config: TrainConfig, num_classes: int) -> FineTuneModel:
@@ -116,7 +128,8 @@ def build_model(config: TrainConfig, num_classes: int) -> FineTuneModel:
     )(features)
     model = keras.Model(inputs, outputs, name=f"{spec.name.lower()}_classifier")
     units = group_layers_into_units(spec, [layer.name for layer in backbone.layers])
-    return FineTuneModel(model, backbone, spec, units)
+    rates = {layer.name: float(layer.rate) for layer in _drop_connect_layers(backbone)}
+    return FineTuneModel(model, backbone, spec, units, rates)
 
 
 def set_trainable_units(
@@ -124,7 +137,8 @@ def set_trainable_units(
 ) -> TrainableSummary:
     """Make the top `unfreeze_blocks` whole units trainable and freeze everything below.
 
-    The head is always trainable. Takes effect at the next `model.compile`.
+    The head is always trainable; stochastic depth runs only in the unfrozen blocks. Takes
+    effect at the next `model.compile`.
     """
     backbone = network.backbone
     # Setting `trainable` on a model propagates to all its layers; the loop then narrows it.
@@ -144,6 +158,11 @@ def set_trainable_units(
                 layer.trainable = unfrozen and not keep_frozen
                 frozen_batchnorm += int(unfrozen and keep_frozen)
                 trainable_layers += int(layer.trainable and bool(layer.weights))
+    training = {name for unit in network.units[:unfreeze_blocks] for name in unit.layer_names}
+    for layer in _drop_connect_layers(backbone):
+        # Stochastic depth only in blocks that train: a frozen block must compute a fixed
+        # function (the frozen-feature cache relies on it), as its BatchNorm already does.
+        layer.rate = network.drop_connect_rates[layer.name] if layer.name in training else 0.0
     trainable_parameters = sum(int(weight.numpy().size) for weight in backbone.trainable_weights)
     return TrainableSummary(
         unfrozen_units=tuple(unit.name for unit in network.units[:unfreeze_blocks]),

@@ -36,6 +36,9 @@ SHAPES = ("disk", "square", "triangle", "ring", "cross", "diamond", "bar", "hour
 TEXTURES = ("solid", "striped", "checkered", "dotted", "graded")
 HUES = {"red": 0.0, "orange": 0.08, "yellow": 0.16, "green": 0.33, "blue": 0.6, "purple": 0.78}
 
+#: Bumped whenever a change here alters any generated image: caches keyed by it then refill.
+GENERATOR_VERSION = 1
+
 # Fixed, so that the split into source and target classes never changes between releases.
 _CATALOGUE_SEED = 20_261_122
 

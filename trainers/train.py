@@ -1,6 +1,7 @@
 """Production training from a config file: the same trainer code every search trial ran.
 
     python -m trainers.train --config configs/cpu_small.yaml [--output DIR] [--tracking-uri URI]
+                             [--cache-dir DIR]
 
 Prints per-epoch progress; writes model.keras (best-epoch weights), config.yaml (the resolved
 config), history.csv and learning_curves.png to the output folder, and logs params, per-epoch
@@ -48,6 +49,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment (default: %(default)s)"
     )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="decode images and compute the frozen backbone's features once into this folder, "
+        "and reuse them in later runs (a study's is OUTPUT/cache; default: no cache)",
+    )
     return parser.parse_args(argv)
 
 
@@ -67,7 +74,13 @@ def _run_tags(config: TrainConfig, config_path: Path) -> dict[str, str]:
     return tags
 
 
-def train(config_path: Path, output: str | None, tracking_uri: str | None, experiment: str) -> int:
+def train(
+    config_path: Path,
+    output: str | None,
+    tracking_uri: str | None,
+    experiment: str,
+    cache_dir: Path | None = None,
+) -> int:
     config = load_config(config_path)
 
     # Importing the Keras side only now keeps `--help` and config errors instant.
@@ -78,7 +91,7 @@ def train(config_path: Path, output: str | None, tracking_uri: str | None, exper
 
     # Bad data, an unusable tracking URI, an unwritable folder: all fail before a run or a
     # file is created.
-    datasets = load_datasets(config)
+    datasets = load_datasets(config, cache_dir=cache_dir)
     check_tracking_uri(resolve_tracking_uri(tracking_uri))
     folder = output_folder(output, config_path)
     uri = resolve_tracking_uri(tracking_uri)
@@ -100,7 +113,7 @@ def train(config_path: Path, output: str | None, tracking_uri: str | None, exper
             print(f"warning: MLflow did not take epoch {epoch}: {error}", file=sys.stderr)
 
     try:
-        result = fit(config, report=report, datasets=datasets)
+        result = fit(config, report=report, datasets=datasets, cache_dir=cache_dir)
         model_path = folder / "model.keras"
         result.model.save(model_path)
         config_file = save_config(config, folder / "config.yaml")
@@ -133,7 +146,9 @@ def train(config_path: Path, output: str | None, tracking_uri: str | None, exper
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     try:
-        return train(Path(args.config), args.output, args.tracking_uri, args.experiment)
+        return train(
+            Path(args.config), args.output, args.tracking_uri, args.experiment, args.cache_dir
+        )
     except TrainerInputError as error:
         # Errors a user can fix are one line; anything else is a bug and keeps its traceback.
         print(f"error: {error}", file=sys.stderr)

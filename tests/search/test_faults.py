@@ -49,3 +49,33 @@ def test_injected_worker_faults_are_handled_as_the_policy_says(tmp_path: Path) -
     assert final.states[final.with_reason("nan")[0]] == TrialState.PRUNED
     check_final_invariants(final, target)
     assert print_fault_figures("worker faults", 4, final, target) == 0
+
+
+def test_workers_killed_while_writing_the_cache_cost_one_retry_each(tmp_path: Path) -> None:
+    """Trials 0 and 1 start together and both need the decoded images: whichever takes the
+    cache's lock first dies after writing one chunk, the other then takes the lock, removes
+    the partial entry, and dies the same way. Their re-runs build the entries and share them."""
+    target = 2
+    (tmp_path / "weights").symlink_to(REPO / "weights")
+    coordinator = CoordinatorProcess(
+        smoke_command(target),
+        tmp_path,
+        {"FINETUNE_SEARCH_FAULTS": "kill_caching@0:1,kill_caching@1:1"},
+    )
+    assert coordinator.finish() == 0, coordinator.output[-3000:]
+    final = snapshot(
+        "smoke",
+        f"sqlite:///{tmp_path / 'optuna.db'}",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        target,
+    )
+    assert final.with_reason("worker_died") == [0, 1]
+    assert {0, 1} <= final.retried()
+    check_final_invariants(final, target)
+    cache = tmp_path / "runs" / "search" / "smoke" / "cache"
+    entries = sorted(path.name.split("-")[0] for path in cache.iterdir() if path.is_dir())
+    assert entries == ["features", "images"]  # one of each, and no partial folder left
+    for number in (0, 1):
+        log = (cache.parent / f"trial-{number:04d}" / "worker.log").read_text()
+        assert "injecting fault 'kill_caching' after chunk 1" in log
+    assert print_fault_figures("cache write faults", 2, final, target) == 0

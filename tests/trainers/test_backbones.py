@@ -133,20 +133,49 @@ def test_efficientnet_and_mobilenet_take_raw_pixels_without_an_added_layer() -> 
         )
 
 
-def test_drop_connect_rate_rescales_efficientnet_stochastic_depth() -> None:
+def _drop_rates(model: keras.Model) -> dict[str, float]:
+    return {layer.name: layer.rate for layer in model.layers if layer.name.endswith("_drop")}
+
+
+def _efficientnet_b0(drop_connect_rate: float) -> FineTuneModel:
     raw = small_config_dict()
     raw["data"]["image_size"] = 32
-    raw["model"] = {"backbone": "EfficientNetB0", "weights": None, "drop_connect_rate": 0.4}
-    network = build_model(TrainConfig.from_dict(raw), num_classes=3)
+    raw["model"] = {
+        "backbone": "EfficientNetB0",
+        "weights": None,
+        "drop_connect_rate": drop_connect_rate,
+    }
+    return build_model(TrainConfig.from_dict(raw), num_classes=3)
 
-    def rates(model: keras.Model) -> list[float]:
-        return [layer.rate for layer in model.layers if layer.name.endswith("_drop")]
 
-    default_rates = rates(_network("EfficientNetB0").backbone)
+def test_drop_connect_rate_rescales_efficientnet_stochastic_depth() -> None:
+    network = _efficientnet_b0(0.4)
+    default_rates = _efficientnet_b0(0.2).drop_connect_rates
     # Keras' default is 0.2, growing with depth; 0.4 doubles every block's rate.
-    assert rates(network.backbone) == pytest.approx([2 * rate for rate in default_rates])
+    assert network.drop_connect_rates == pytest.approx(
+        {name: 2 * rate for name, rate in default_rates.items()}
+    )
+    assert _drop_rates(network.backbone) == pytest.approx(network.drop_connect_rates)
     # The deepest residual block (block6d, block 15 of 16) gets 0.4 * 14/16.
-    assert max(rates(network.backbone)) == pytest.approx(0.4 * 14 / 16)
+    assert max(network.drop_connect_rates.values()) == pytest.approx(0.4 * 14 / 16)
+
+
+def test_stochastic_depth_runs_only_in_unfrozen_blocks() -> None:
+    network = _efficientnet_b0(0.2)
+    configured = network.drop_connect_rates
+    set_trainable_units(network, 0, freeze_batchnorm=True)
+    # A frozen backbone computes a fixed function: no block drops its residual branch.
+    assert set(_drop_rates(network.backbone).values()) == {0.0}
+    # Top 4 units: top, block7a, block6d and block6c, the last two with stochastic depth.
+    set_trainable_units(network, 4, freeze_batchnorm=True)
+    rates = _drop_rates(network.backbone)
+    training = {name for name, rate in rates.items() if rate > 0}
+    assert training == {"block6d_drop", "block6c_drop"}
+    assert {name: rates[name] for name in training} == {n: configured[n] for n in training}
+    assert all(rate == 0.0 for name, rate in rates.items() if name not in training)
+    # Freezing again switches them off again.
+    set_trainable_units(network, 1, freeze_batchnorm=True)
+    assert set(_drop_rates(network.backbone).values()) == {0.0}
 
 
 def test_unknown_backbone_lists_valid_names() -> None:

@@ -1,0 +1,172 @@
+"""Frozen-feature cache: the head phase trains on stored backbone features, not on images.
+
+While the backbone is frozen, it runs in inference mode (BatchNorm on its moving statistics,
+stochastic depth off: `trainers.model.set_trainable_units`), so its pooled output for an image
+is a fixed function of (images, backbone, weights, image size). The leading head-only phases of
+a config then train `pooled features -> dropout -> dense` on those features, computed once per
+study and key; the head's layers are the full model's own, so when the head phase ends the
+full model carries the trained head and later phases continue on images.
+
+Features are batched through the same shuffle as the images (same seed, same buffer size), so
+the head sees the same examples in the same order. Random augmentation makes every epoch's
+images different, and then the cache is not used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainers.cache_store import CacheKey, CacheProgress, cached_entry, file_digest
+from trainers.config import TrainConfig
+from trainers.data import Datasets, Examples, shuffle_and_batch
+from trainers.model import FineTuneModel
+
+#: Bumped when the entry layout or the extraction changes.
+FORMAT = 1
+_BATCH = 64
+
+
+@dataclass(frozen=True)
+class HeadOnFeatures:
+    """The head as a model of its own, and its pipelines over cached features."""
+
+    model: keras.Model
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    #: How many leading phases train on features (every phase before the first unfreezing).
+    phases: int
+
+
+def head_only_phases(config: TrainConfig) -> int:
+    """The number of leading phases that keep the whole backbone frozen."""
+    count = 0
+    for phase in config.phases:
+        if phase.unfreeze_blocks > 0:
+            break
+        count += 1
+    return count
+
+
+def why_not_cached(config: TrainConfig, datasets: Datasets) -> str | None:
+    """Why this run cannot train its head on cached features, or None if it can."""
+    if head_only_phases(config) == 0:
+        return "the first phase already unfreezes backbone blocks"
+    if datasets.examples is None:
+        return "the pipelines were built by the caller"
+    if config.data.augmentation != "none":
+        return (
+            f"random augmentation ({config.data.augmentation}) changes every image each epoch, "
+            "so the frozen backbone's features are not fixed"
+        )
+    return None
+
+
+def weights_identity(config: TrainConfig) -> str:
+    """What the backbone's starting weights are: `imagenet`, a file's digest, or random."""
+    weights = config.model.weights
+    if weights is None:
+        return f"random initialisation, seed {config.seed}"
+    if weights == "imagenet":
+        return "imagenet"
+    return f"sha256:{file_digest(weights)}"
+
+
+def feature_cache_key(config: TrainConfig, examples: Examples) -> CacheKey:
+    return CacheKey(
+        "features",
+        {
+            "format": FORMAT,
+            "images": dict(examples.identity),
+            "backbone": config.model.backbone,
+            "weights": weights_identity(config),
+            "dtype_policy": keras.config.dtype_policy().name,
+            "keras": keras.__version__,
+        },
+    )
+
+
+def _pooled_features_model(network: FineTuneModel) -> keras.Model:
+    return keras.Model(
+        network.model.inputs, network.model.get_layer("head_pool").output, name="frozen_features"
+    )
+
+
+def _head_model(network: FineTuneModel, feature_size: int) -> keras.Model:
+    """`pooled features -> dropout -> dense`, made of the full model's own head layers."""
+    pooled = keras.Input((feature_size,), name="pooled_features")
+    dropped = network.model.get_layer("head_dropout")(pooled)
+    predictions = network.model.get_layer("head_predictions")(dropped)
+    return keras.Model(pooled, predictions, name="head_on_features")
+
+
+def _write_split(
+    extractor: keras.Model,
+    pairs: tf.data.Dataset,
+    count: int,
+    folder: Path,
+    split: str,
+    progress: CacheProgress | None,
+) -> None:
+    extract = tf.function(lambda images: extractor(images, training=False), reduce_retracing=True)
+    features: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    done = 0
+    for images, batch_labels in pairs.batch(_BATCH):
+        features.append(np.asarray(extract(images), np.float32))
+        labels.append(batch_labels.numpy().astype(np.int64))
+        done += len(batch_labels)
+        if progress is not None:
+            progress(f"{split} features", done, max(count, done))
+    np.save(folder / f"{split}_features.npy", np.concatenate(features))
+    np.save(folder / f"{split}_labels.npy", np.concatenate(labels))
+
+
+def head_on_features(
+    config: TrainConfig,
+    network: FineTuneModel,
+    datasets: Datasets,
+    cache_dir: Path,
+    progress: CacheProgress | None = None,
+) -> tuple[HeadOnFeatures, Path, bool]:
+    """The head and its feature pipelines; also the entry's folder and whether this built it.
+
+    Call only when `why_not_cached` returns None.
+    """
+    examples = datasets.examples
+    assert examples is not None
+
+    def build(folder: Path) -> None:
+        extractor = _pooled_features_model(network)
+        _write_split(extractor, examples.train, examples.train_count, folder, "train", progress)
+        _write_split(
+            extractor,
+            examples.validation,
+            examples.validation_count,
+            folder,
+            "validation",
+            progress,
+        )
+
+    folder, built = cached_entry(cache_dir, feature_cache_key(config, examples), build)
+    train_features = np.load(folder / "train_features.npy")
+    validation_features = np.load(folder / "validation_features.npy")
+    train, validation = shuffle_and_batch(
+        config,
+        tf.data.Dataset.from_tensor_slices((train_features, np.load(folder / "train_labels.npy"))),
+        tf.data.Dataset.from_tensor_slices(
+            (validation_features, np.load(folder / "validation_labels.npy"))
+        ),
+        num_classes=datasets.num_classes,
+        # The images' count, not the features': the same shuffle buffer gives the same order.
+        train_size=datasets.train_count,
+        augment=False,
+    )
+    head = HeadOnFeatures(
+        _head_model(network, train_features.shape[1]), train, validation, head_only_phases(config)
+    )
+    return head, folder, built
