@@ -174,10 +174,10 @@ class Coordinator:
             environment=environment,
             cache_dir=None if self.settings.cache_dir is None else str(self.settings.cache_dir),
         )
-        warm = self.standbys.hand_over(slot, request)
+        warm = self.standbys.hand_over(request)
         process, connection = warm or spawn_worker(self.context, request, os.getpid(), self.worker)
         if budget(self.study, self.limits).exhausted() is None:
-            # Another trial may follow in this slot: its process starts up while this one trains.
+            # Another trial may follow: its process starts up while this one trains.
             self.standbys.prepare(slot, environment)
         self.active[trial.number] = ActiveTrial(
             trial, config, process, connection, run_id, folder, slot

@@ -1,12 +1,13 @@
 """Prewarmed workers: the next trial's process starts and imports TensorFlow while this one trains.
 
 A process per trial stays the rule (isolation); only its fixed start-up cost moves out of the
-way. For each worker slot the coordinator keeps at most one standby process: spawned with the
-slot's environment (CUDA_VISIBLE_DEVICES must be set before TensorFlow loads), it imports what
-its worker entry names in `WARM_UP_MODULES`, then waits on its pipe. The next trial in that slot
-is handed to it as a `WorkerRequest` and it becomes that trial's worker; a standby that is never
-used ends when its pipe closes: at the end of the study, on Ctrl-C, and when the coordinator is
-killed (the kernel closes the pipe; an orphan watch covers a standby still importing).
+way. For each distinct slot environment the coordinator keeps at most one standby process:
+spawned with that environment (CUDA_VISIBLE_DEVICES must be set before TensorFlow loads, so each
+GPU has its own; CPU slots share one), it imports what its worker entry names in
+`WARM_UP_MODULES`, then waits on its pipe. The next trial for that environment is handed to it
+as a `WorkerRequest` and it becomes that trial's worker; a standby that is never used ends when
+its pipe closes: at the end of the study, on Ctrl-C, and when the coordinator is killed (the
+kernel closes the pipe; an orphan watch covers a standby still importing).
 """
 
 from __future__ import annotations
@@ -75,8 +76,12 @@ class _Standby:
     connection: Connection
 
 
+def _environment_key(environment: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(environment.items()))
+
+
 class Standbys:
-    """At most one prewarmed worker process per slot."""
+    """At most one prewarmed worker process per slot environment."""
 
     def __init__(
         self,
@@ -92,11 +97,12 @@ class Standbys:
         self.coordinator_pid = coordinator_pid
         self.log_path = str(output_dir / STANDBY_LOG)
         self.enabled = enabled
-        self.by_slot: dict[int, _Standby] = {}
+        self.by_environment: dict[tuple[tuple[str, str], ...], _Standby] = {}
 
     def prepare(self, slot: int, environment: Mapping[str, str]) -> None:
-        """Start a standby for `slot` unless it has one."""
-        if not self.enabled or slot in self.by_slot:
+        """Start a standby for `slot`'s environment unless one is waiting."""
+        key = _environment_key(environment)
+        if not self.enabled or key in self.by_environment:
             return
         ours, theirs = self.context.Pipe(duplex=True)
         process = self.context.Process(
@@ -114,12 +120,12 @@ class Standbys:
         )
         process.start()
         theirs.close()
-        self.by_slot[slot] = _Standby(process, ours)
+        self.by_environment[key] = _Standby(process, ours)
 
-    def hand_over(self, slot: int, request: WorkerRequest) -> tuple[BaseProcess, Connection] | None:
-        """Give `request` to the slot's standby: its process and pipe, or None if it has none
-        (or it died, e.g. an import failed), and the trial then starts cold."""
-        standby = self.by_slot.pop(slot, None)
+    def hand_over(self, request: WorkerRequest) -> tuple[BaseProcess, Connection] | None:
+        """Give `request` to the standby for its environment: its process and pipe, or None if
+        there is none (or it died, e.g. an import failed), and the trial then starts cold."""
+        standby = self.by_environment.pop(_environment_key(request.environment), None)
         if standby is None:
             return None
         if standby.process.is_alive():
@@ -133,12 +139,12 @@ class Standbys:
 
     def close(self) -> None:
         """End every unused standby and wait for it."""
-        for standby in self.by_slot.values():
+        for standby in self.by_environment.values():
             standby.connection.close()  # EOF: a standby waiting for a trial returns
-        for standby in self.by_slot.values():
+        for standby in self.by_environment.values():
             standby.process.join(timeout=2)
             self._end(standby)
-        self.by_slot.clear()
+        self.by_environment.clear()
 
     @staticmethod
     def _end(standby: _Standby) -> None:
