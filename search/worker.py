@@ -2,8 +2,11 @@
 
 Started with the multiprocessing *spawn* method, so it begins with a fresh interpreter: no
 TensorFlow state, host memory or GPU memory is inherited from the coordinator or from earlier
-trials, and whatever this trial leaks dies with the process. Everything it prints (including
-TensorFlow's C++ logs) goes to the trial's log file.
+trials, and whatever this trial leaks dies with the process. It is usually started before its
+trial and waits with TensorFlow imported (`search.prewarm`), but it still serves one trial only.
+Everything it prints (including TensorFlow's C++ logs) goes to the trial's log file; with the
+study's cache folder, it decodes images and computes frozen features only where no earlier
+trial did (`trainers.fit`).
 """
 
 from __future__ import annotations
