@@ -173,6 +173,7 @@ class Coordinator:
             log_path=str(folder / "worker.log"),
             environment=environment,
             cache_dir=None if self.settings.cache_dir is None else str(self.settings.cache_dir),
+            cache_budget_bytes=self.settings.cache_budget_bytes,
         )
         warm = self.standbys.hand_over(request)
         process, connection = warm or spawn_worker(self.context, request, os.getpid(), self.worker)

@@ -23,6 +23,8 @@ class WorkerRequest:
     environment: Mapping[str, str] = field(default_factory=dict)
     #: The study's cache folder (decoded images, frozen features); None: no caching.
     cache_dir: str | None = None
+    #: The largest activation entry the worker may cache; None: a quarter of its memory.
+    cache_budget_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from search.storage import DEFAULT_STORAGE, StorageError, check_storage_url, red
 from search.studies import STUDIES, StudySpec, UnknownStudyError, get_study_spec
 from search.study_setup import RunSettings, StudyMismatchError
 from search.worker import run_worker
+from trainers.cache_store import GIGABYTE
 from trainers.errors import ModelBuildError, TrainerInputError
 from trainers.image_folder import scan_image_folder
 from trainers.outputs import ensure_writable_folder
@@ -94,6 +95,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_false",
         help="decode images and compute frozen features in every trial instead of once per "
         "study in OUTPUT/cache",
+    )
+    parser.add_argument(
+        "--cache-budget-gb",
+        type=float,
+        help="the largest cache entry of activations below unfrozen blocks, in GB "
+        "(default: a quarter of the worker machine's memory)",
     )
     parallel = parser.add_argument_group("parallel and fault tolerance")
     parallel.add_argument(
@@ -170,6 +177,8 @@ def settings_from(args: argparse.Namespace) -> tuple[str, RunSettings]:
         raise UsageError(f"--budget-epochs must be at least 1, got {args.budget_epochs}")
     if args.budget_hours is not None and not args.budget_hours > 0:
         raise UsageError(f"--budget-hours must be positive, got {args.budget_hours}")
+    if args.cache_budget_gb is not None and args.cache_budget_gb < 0:
+        raise UsageError(f"--cache-budget-gb must be 0 or more, got {args.cache_budget_gb}")
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout must be positive, got {args.timeout}")
     check_storage_url(args.storage)
@@ -206,6 +215,9 @@ def settings_from(args: argparse.Namespace) -> tuple[str, RunSettings]:
         budget_epochs=args.budget_epochs,
         budget_hours=args.budget_hours,
         cache=args.cache,
+        cache_budget_bytes=None
+        if args.cache_budget_gb is None
+        else round(args.cache_budget_gb * GIGABYTE),
         prewarm=args.prewarm,
     )
 

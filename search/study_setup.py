@@ -57,6 +57,8 @@ class RunSettings:
     #: Decoded images and frozen features shared by the study's trials, under the output
     #: folder (`--no-cache` turns them off).
     cache: bool = True
+    #: `--cache-budget-gb` in bytes; None: a quarter of the worker machine's memory.
+    cache_budget_bytes: int | None = None
     #: Start each slot's next worker process while its current trial trains (`search.prewarm`).
     prewarm: bool = True
 

@@ -133,6 +133,7 @@ def run_worker(connection: Connection, request: WorkerRequest, parent_pid: int) 
             callbacks=callbacks,
             cache_dir=cache_dir,
             progress=progress,
+            cache_budget_bytes=request.cache_budget_bytes,
         )
         connection.send(Finished(stop_reason=result.stop_reason, stop_detail=result.stop_detail))
     except BaseException as error:  # report anything, then exit non-zero

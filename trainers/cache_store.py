@@ -28,6 +28,9 @@ from typing import Any
 KEY_FILE = "key.json"
 _TEMPORARY = ".tmp-"
 
+#: What `--cache-budget-gb` counts in.
+GIGABYTE = 10**9
+
 #: Called as (entry kind, items done, items in all) while an entry is being built.
 CacheProgress = Callable[[str, int, int], None]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,9 +220,33 @@ def _synthetic(config: TrainConfig) -> Examples:
 
 
 def in_order(images: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
-    """(float32 image, label) pairs from in-memory uint8 images, in their order."""
-    pairs = tf.data.Dataset.from_tensor_slices((images, labels))
+    """(float32 image, label) pairs from uint8 images, in their order."""
+    pairs = from_arrays(images, labels)
     return pairs.map(lambda image, label: (tf.cast(image, tf.float32), label))
+
+
+#: Arrays up to this size become one in-memory tensor; larger (memory-mapped) ones are streamed.
+IN_MEMORY_BYTES = 512 * 2**20
+_CHUNK = 64
+
+
+def from_arrays(
+    values: np.ndarray, labels: np.ndarray, *, in_memory_bytes: int = IN_MEMORY_BYTES
+) -> tf.data.Dataset:
+    """(value, label) pairs from two arrays (either may be memory-mapped), in their order."""
+    if values.nbytes <= in_memory_bytes:
+        return tf.data.Dataset.from_tensor_slices((np.asarray(values), np.asarray(labels)))
+
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        # Whole chunks out of the memory map: a row at a time would cost a Python call each.
+        for start in range(0, len(labels), _CHUNK):
+            yield np.asarray(values[start : start + _CHUNK]), labels[start : start + _CHUNK]
+
+    signature = (
+        tf.TensorSpec((None, *values.shape[1:]), tf.as_dtype(values.dtype)),
+        tf.TensorSpec((None,), tf.as_dtype(labels.dtype)),
+    )
+    return tf.data.Dataset.from_generator(chunks, output_signature=signature).unbatch()
 
 
 def _decode_file(image_size: int):  # type: ignore[no-untyped-def]

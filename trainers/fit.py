@@ -7,9 +7,10 @@ gets the global epoch and that epoch's metrics and may return a reason to stop: 
 search prunes. A non-finite loss stops training at once. The weights of the epoch with the best
 validation accuracy are restored before the model is returned.
 
-With a `cache_dir`, images are decoded once into a cache there (`trainers.image_cache`), and the
-leading head-only phases train on cached backbone features (`trainers.feature_cache`) when no
-random augmentation is used; either way the epochs, metrics and hooks are the same.
+With a `cache_dir`, images are decoded once into a cache there (`trainers.image_cache`), the
+leading head-only phases train on cached backbone features and later phases on cached
+activations below their unfrozen blocks, when no random augmentation is used
+(`trainers.cached_phases`); either way the epochs, metrics and hooks are the same.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from typing import Any, Literal
 import keras
 
 from trainers.backbones import get_backbone
-from trainers.cache_store import CacheProgress, folder_size, throttled_progress
+from trainers.cache_store import CacheProgress, throttled_progress
+from trainers.cached_phases import CachedPhases, CacheSettings
 from trainers.config import TrainConfig
+from trainers.cut_cache import default_budget_bytes
 from trainers.data import Datasets, load_datasets
-from trainers.feature_cache import HeadOnFeatures, head_on_features, why_not_cached
 from trainers.history import OBJECTIVE, TrainingHistory, non_finite_keys
 from trainers.model import FineTuneModel, build_model, set_trainable_units
 from trainers.optimization import current_learning_rate, make_optimizer
@@ -178,13 +180,15 @@ def fit(
     log: Log = _print,
     cache_dir: Path | None = None,
     progress: CacheProgress | None = None,
+    cache_budget_bytes: int | None = None,
 ) -> FitResult:
     """Train `config` phase by phase and return the history and the best-epoch model.
 
     `datasets` replaces the pipelines `config.data` describes (tests inject broken ones);
     `callbacks` are extra Keras callbacks (TensorBoard, checkpoints) added to every phase.
-    `cache_dir` turns on the decoded-image and frozen-feature caches there; `progress` hears
-    how far building a cache entry has come (by default, a log line every 10 s).
+    `cache_dir` turns on the caches there; `progress` hears how far building a cache entry has
+    come (by default, a log line every 10 s); `cache_budget_bytes` bounds one entry of
+    activations (default: a quarter of the machine's memory).
     Raises DataError, PreprocessingError or ModelBuildError before any training starts.
     """
     previous_policy = keras.config.dtype_policy()
@@ -201,38 +205,14 @@ def fit(
         if config.l2sp_alpha > 0:
             deepest = max(phase.unfreeze_blocks for phase in config.phases)
             attach_l2sp(network, config.l2sp_alpha, unfreeze_blocks=deepest)
-        head = None
+        cache = None
         if cache_dir is not None:
-            head = _head_on_cached_features(config, network, datasets, cache_dir, progress, log)
-        return _run_phases(config, network, datasets, report, callbacks, log, head)
+            budget = default_budget_bytes() if cache_budget_bytes is None else cache_budget_bytes
+            cache = CacheSettings(cache_dir, budget, progress)
+        phases = CachedPhases(config, network, datasets, cache, log)
+        return _run_phases(config, network, datasets, report, callbacks, log, phases)
     finally:
         keras.config.set_dtype_policy(previous_policy)
-
-
-def _head_on_cached_features(
-    config: TrainConfig,
-    network: FineTuneModel,
-    datasets: Datasets,
-    cache_dir: Path,
-    progress: CacheProgress,
-    log: Log,
-) -> HeadOnFeatures | None:
-    reason = why_not_cached(config, datasets)
-    if reason is not None:
-        log(f"feature cache not used: {reason}")
-        return None
-    started = time.monotonic()
-    head, folder, built = head_on_features(config, network, datasets, cache_dir, progress)
-    # The preprocessing guard drew a batch from the image pipeline, which moved its reshuffle
-    # on by one order; draw one from the features too, so both give the same batches.
-    for _ in head.train.take(1):
-        pass
-    how = f"computed in {time.monotonic() - started:.1f}s" if built else "reused"
-    log(
-        f"feature cache: head phase on frozen features, {how} "
-        f"({folder_size(folder) / 2**20:.1f} MiB in {folder})"
-    )
-    return head
 
 
 def _run_phases(
@@ -242,7 +222,7 @@ def _run_phases(
     report: ReportHook | None,
     callbacks: Sequence[keras.callbacks.Callback],
     log: Log,
-    head: HeadOnFeatures | None,
+    inputs: CachedPhases,
 ) -> FitResult:
     state = _RunState()
     steps_per_epoch = datasets.steps_per_epoch(config.batch_size)
@@ -251,16 +231,13 @@ def _run_phases(
         summary = set_trainable_units(
             network, phase.unfreeze_blocks, freeze_batchnorm=phase.freeze_batchnorm
         )
-        on_features = head is not None and number <= head.phases
+        chosen = inputs.for_phase(number - 1)
         log(
             f"phase {number}/{len(config.phases)}: {phase.epochs} epochs, {phase.optimizer} "
             f"lr {phase.learning_rate:g} ({phase.schedule}); {summary.describe()}"
-            + ("; on cached features" if on_features else "")
+            + (f"; {chosen.note}" if chosen.note else "")
         )
-        if head is not None and on_features:
-            model, train, validation = head.model, head.train, head.validation
-        else:
-            model, train, validation = network.model, datasets.train, datasets.validation
+        model, train, validation = chosen.model, chosen.train, chosen.validation
         model.compile(
             optimizer=make_optimizer(phase, steps_per_epoch),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),

@@ -10,7 +10,6 @@ pixel by at most half a level.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,8 +21,6 @@ from trainers.data import Examples, in_order
 
 #: Bumped when the entry layout changes.
 FORMAT = 1
-#: Entries up to this size are read into memory; larger ones stream from the memory map.
-IN_MEMORY_BYTES = 512 * 2**20
 _CHUNK = 64
 SPLITS = ("train", "validation")
 
@@ -64,19 +61,7 @@ def _write_split(
 def _read_split(folder: Path, split: str) -> tuple[tf.data.Dataset, np.ndarray]:
     images = np.load(folder / f"{split}_images.npy", mmap_mode="r")
     labels = np.load(folder / f"{split}_labels.npy")
-    if images.nbytes <= IN_MEMORY_BYTES:
-        return in_order(np.asarray(images), labels), labels
-
-    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for start in range(0, len(labels), _CHUNK):
-            yield np.asarray(images[start : start + _CHUNK]), labels[start : start + _CHUNK]
-
-    signature = (
-        tf.TensorSpec((None, *images.shape[1:]), tf.uint8),
-        tf.TensorSpec((None,), tf.int64),
-    )
-    pairs = tf.data.Dataset.from_generator(chunks, output_signature=signature).unbatch()
-    return pairs.map(lambda image, label: (tf.cast(image, tf.float32), label)), labels
+    return in_order(images, labels), labels
 
 
 def decoded_images(

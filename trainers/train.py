@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from trainers.cache_store import GIGABYTE
 from trainers.config import TrainConfig, load_config, save_config
 from trainers.errors import TrainerInputError
 from trainers.outputs import ensure_writable_folder
@@ -55,6 +56,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="decode images and compute the frozen backbone's features once into this folder, "
         "and reuse them in later runs (a study's is OUTPUT/cache; default: no cache)",
     )
+    parser.add_argument(
+        "--cache-budget-gb",
+        type=float,
+        help="with --cache-dir, the largest cache entry of activations below unfrozen blocks, "
+        "in GB (default: a quarter of this machine's memory)",
+    )
     return parser.parse_args(argv)
 
 
@@ -80,6 +87,7 @@ def train(
     tracking_uri: str | None,
     experiment: str,
     cache_dir: Path | None = None,
+    cache_budget_bytes: int | None = None,
 ) -> int:
     config = load_config(config_path)
 
@@ -113,7 +121,13 @@ def train(
             print(f"warning: MLflow did not take epoch {epoch}: {error}", file=sys.stderr)
 
     try:
-        result = fit(config, report=report, datasets=datasets, cache_dir=cache_dir)
+        result = fit(
+            config,
+            report=report,
+            datasets=datasets,
+            cache_dir=cache_dir,
+            cache_budget_bytes=cache_budget_bytes,
+        )
         model_path = folder / "model.keras"
         result.model.save(model_path)
         config_file = save_config(config, folder / "config.yaml")
@@ -146,8 +160,16 @@ def train(
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     try:
+        budget = args.cache_budget_gb
+        if budget is not None and budget < 0:
+            raise TrainerInputError(f"--cache-budget-gb must be 0 or more, got {budget}")
         return train(
-            Path(args.config), args.output, args.tracking_uri, args.experiment, args.cache_dir
+            Path(args.config),
+            args.output,
+            args.tracking_uri,
+            args.experiment,
+            args.cache_dir,
+            None if budget is None else round(budget * GIGABYTE),
         )
     except TrainerInputError as error:
         # Errors a user can fix are one line; anything else is a bug and keeps its traceback.

@@ -15,10 +15,12 @@ from tests.conftest import PRETRAINED_WEIGHTS, small_config_dict
 from tests.trainers.cache_builder import DEMO_KEY, slow_build
 from trainers.cache_store import CacheKey, cached_entry
 from trainers.config import TrainConfig
-from trainers.data import load_datasets, load_examples
+from trainers.cut_cache import PhaseOnCut, phase_on_cut, why_not_on_cut
+from trainers.data import Datasets, from_arrays, load_datasets, load_examples
 from trainers.feature_cache import feature_cache_key
 from trainers.fit import fit
 from trainers.image_cache import decoded_images
+from trainers.model import FineTuneModel, build_model, set_trainable_units
 
 
 def test_concurrent_processes_build_an_entry_once(tmp_path: Path) -> None:
@@ -144,10 +146,15 @@ def test_head_phase_on_cached_features_matches_the_head_phase_on_images(tmp_path
     assert any(
         "feature cache: head phase on frozen features, reused" in line for line in logs["reused"]
     )
+    # Phase 2 unfreezes the top 2 units: it trains them on the activations below.
+    assert any(
+        line.startswith("cut-point cache: phase 2 trains its unfrozen blocks on activations")
+        for line in logs["built"]
+    )
     assert any(line.endswith("on cached features") for line in logs["reused"])
     assert not any("cache" in line for line in logs["images"])
     kinds = sorted(path.name.split("-")[0] for path in cache.iterdir() if path.is_dir())
-    assert kinds == ["features", "images"]
+    assert kinds == ["activations", "features", "images"]
 
 
 def test_random_augmentation_turns_the_feature_cache_off_and_says_why(tmp_path: Path) -> None:
@@ -164,3 +171,87 @@ def test_random_augmentation_turns_the_feature_cache_off_and_says_why(tmp_path: 
         line.startswith("feature cache not used: random augmentation (basic)") for line in lines
     )
     assert [path.name.split("-")[0] for path in tmp_path.iterdir() if path.is_dir()] == ["images"]
+
+
+def _cut_setup(
+    tmp_path: Path, budget_bytes: int = 2**30
+) -> tuple[TrainConfig, FineTuneModel, Datasets, PhaseOnCut | str]:
+    raw = small_config_dict()
+    raw["model"]["head_dropout"] = 0.0  # so that training-mode outputs can be compared
+    raw["data"]["synthetic"] = {"classes": 3, "images_per_class": 8}
+    config = TrainConfig.from_dict(raw)
+    datasets = load_datasets(config, cache_dir=tmp_path)
+    network = build_model(config, datasets.num_classes)
+    set_trainable_units(network, 2, freeze_batchnorm=False)
+    assert why_not_on_cut(config, 1, datasets, network) is None
+    return (
+        config,
+        network,
+        datasets,
+        phase_on_cut(config, 1, network, datasets, tmp_path, budget_bytes),
+    )
+
+
+def test_the_model_on_cached_activations_computes_what_the_full_model_computes(
+    tmp_path: Path,
+) -> None:
+    _, network, datasets, on_cut = _cut_setup(tmp_path)
+    assert isinstance(on_cut, PhaseOnCut)
+    # MobileNetV3Small's top 2 units are `top` and expanded_conv_10: the cut is below them.
+    assert on_cut.cut_layer == "expanded_conv_9_add"
+    images = np.stack([image for image, _ in datasets.examples.validation.as_numpy_iterator()])
+    activations = np.load(on_cut.folder / "validation_activations.npy")
+    assert len(activations) == len(images)
+    for training in (False, True):
+        # In training mode too: the frozen part below the cut runs in inference mode anyway,
+        # and the unfrozen BatchNorm layers see the same batch either way.
+        full = np.asarray(network.model(images, training=training))
+        cut = np.asarray(on_cut.model(activations, training=training))
+        np.testing.assert_allclose(cut, full, atol=1e-5)
+
+
+def test_activations_over_the_budget_are_not_cached(tmp_path: Path) -> None:
+    *_, on_cut = _cut_setup(tmp_path, budget_bytes=1000)
+    assert isinstance(on_cut, str)
+    assert on_cut.startswith("activations after expanded_conv_9_add take 0.00 GiB, over the")
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith("activations-")]
+
+
+def test_a_phase_after_deeper_unfreezing_or_with_augmentation_is_not_cut(make_config) -> None:  # type: ignore[no-untyped-def]
+    config = make_config(
+        phases=[
+            {"epochs": 1, "learning_rate": 1e-3},
+            {"epochs": 1, "learning_rate": 1e-4, "unfreeze_blocks": 4},
+            {"epochs": 1, "learning_rate": 1e-5, "unfreeze_blocks": 2},
+        ]
+    )
+    datasets = load_datasets(config)
+    network = build_model(config, datasets.num_classes)
+    assert why_not_on_cut(config, 1, datasets, network) is None
+    assert why_not_on_cut(config, 2, datasets, network) == (
+        "an earlier phase trained blocks below this phase's cut"
+    )
+    everything = config.phases[1].model_copy(update={"unfreeze_blocks": len(network.units)})
+    whole = config.model_copy(update={"phases": (config.phases[0], everything)})
+    assert why_not_on_cut(whole, 1, datasets, network) == (
+        "nothing below the unfrozen blocks stays frozen"
+    )
+    augmented = config.model_copy(
+        update={"data": config.data.model_copy(update={"augmentation": "basic"})}
+    )
+    assert why_not_on_cut(augmented, 1, datasets, network) == (
+        "random augmentation (basic) changes every image each epoch"
+    )
+
+
+def test_arrays_too_large_for_memory_are_streamed_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "values.npy"
+    values = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(150, 4, 4, 3))
+    values[:] = np.arange(150, dtype=np.uint8)[:, None, None, None]
+    values.flush()
+    labels = np.arange(150, dtype=np.int64) % 7
+    mapped = np.load(path, mmap_mode="r")
+    streamed = list(from_arrays(mapped, labels, in_memory_bytes=100).as_numpy_iterator())
+    assert len(streamed) == 150
+    assert [int(value[0, 0, 0]) for value, _ in streamed] == list(range(150))
+    assert [int(label) for _, label in streamed] == labels.tolist()
