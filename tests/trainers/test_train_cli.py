@@ -38,10 +38,17 @@ def workdir(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_small_example_trains_saves_and_logs_to_mlflow(workdir: Path) -> None:
     config_path = REPO / "configs" / "cpu_small.yaml"
-    done = _run(["--config", str(config_path), "--output", "out"], workdir)
+    done = _run(["--config", str(config_path), "--output", "out", "--cache-dir", "cache"], workdir)
     assert done.returncode == 0, done.stderr[-3000:]
     # Per-epoch progress on stdout.
     assert "epoch   1/8 [phase 1]" in done.stdout and "epoch   8/8 [phase 2]" in done.stdout
+    # With --cache-dir, both phases trained on cached inputs, kept for the next run.
+    assert "feature cache: head phase on frozen features, computed in" in done.stdout
+    assert "cut-point cache: phase 2 trains its unfrozen blocks" in done.stdout
+    kinds = sorted(
+        path.name.split("-")[0] for path in (workdir / "cache").iterdir() if path.is_dir()
+    )
+    assert kinds == ["activations", "features", "images"]
     out = workdir / "out"
     assert {p.name for p in out.iterdir()} == {
         "model.keras",
