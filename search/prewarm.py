@@ -56,15 +56,22 @@ def _standby(
         importlib.import_module(name)
     ready = time.monotonic()
     print(f"standby pid {os.getpid()} (slot {slot}) ready after {ready - started:.1f}s", flush=True)
+    # A trial already waiting was held up by this start-up: say so, not "ready 0.0s before".
+    trial_waited = connection.poll()
     try:
         request = connection.recv()
     except (EOFError, OSError):
         print(f"standby pid {os.getpid()} (slot {slot}) not needed; exiting", flush=True)
         return  # the study ended or the coordinator is gone
     redirect_output(request.log_path)
+    when = (
+        "after the trial arrived (it waited for the start-up)"
+        if trial_waited
+        else f"{time.monotonic() - ready:.1f}s before the trial"
+    )
     print(
-        f"trial {request.trial_number}: prewarmed worker pid {os.getpid()}, ready "
-        f"{time.monotonic() - ready:.1f}s before the trial (start-up took {ready - started:.1f}s)",
+        f"trial {request.trial_number}: prewarmed worker pid {os.getpid()}, ready {when} "
+        f"(start-up took {ready - started:.1f}s)",
         flush=True,
     )
     entry(connection, request, coordinator_pid)

@@ -99,10 +99,14 @@ def run_worker(connection: Connection, request: WorkerRequest, parent_pid: int) 
     exit_when_orphaned(parent_pid)
     print(f"trial {request.trial_number}: worker pid {os.getpid()}", flush=True)
     try:
+        importing = time.monotonic()
         from trainers.config import TrainConfig
         from trainers.data import load_datasets
         from trainers.fit import fit
 
+        # Seconds for a cold worker; nothing for a prewarmed one, which imported them before.
+        imported = time.monotonic() - importing
+        print(f"trial {request.trial_number}: trainer imported in {imported:.1f}s", flush=True)
         config = TrainConfig.from_yaml(request.config_yaml, origin=f"trial {request.trial_number}")
         cache_dir = None if request.cache_dir is None else Path(request.cache_dir)
         injected = faults_for(request.trial_number, config.batch_size)
