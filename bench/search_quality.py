@@ -82,6 +82,8 @@ class Mode:
     seeds: tuple[int, ...]
     #: KerasTuner Hyperband's max_epochs: the longest configuration of the space.
     max_epochs: int
+    #: The systems run; KerasTuner's Hyperband always (its epochs are the others' budget).
+    systems: tuple[str, ...] = SYSTEMS
 
 
 #: The full run's space: the pruning corpus's (`bench.corpus`), with the phase lengths of the
@@ -284,7 +286,7 @@ def run_seed(
         keras_tuner = SystemRun(KERAS_TUNER, seed, charged)
         record(keras_tuner)
     budget = keras_tuner.epochs
-    for system in SYSTEMS[1:]:
+    for system in (system for system in SYSTEMS[1:] if system in mode.systems):
         if (system, seed) in finished:
             progress(f"seed {seed}: {system}: kept from the last run")
             continue
@@ -434,6 +436,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "the space's longest configuration; --quick: 2)",
     )
     parser.add_argument(
+        "--systems",
+        nargs="+",
+        choices=SYSTEMS[1:],
+        metavar="SYSTEM",
+        help="run only these besides KerasTuner's Hyperband, e.g. 'hand recipe' (default: all "
+        f"of {', '.join(SYSTEMS[1:])}; the shipped study, {SHIPPED!r}, always runs)",
+    )
+    parser.add_argument(
         "--fresh",
         action="store_true",
         help="run every system again (default: keep the runs saved in --output for the same "
@@ -458,6 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: --max-epochs must be at least 1, got {args.max_epochs}", file=sys.stderr)
             return 2
         mode = dataclasses.replace(mode, max_epochs=args.max_epochs)
+    if args.systems:
+        chosen = {KERAS_TUNER, SHIPPED, *args.systems}
+        mode = dataclasses.replace(mode, systems=tuple(s for s in SYSTEMS if s in chosen))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.monotonic()
 
@@ -474,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         save([*runs, *(r for r in saved if (r.system, r.seed) not in _keys(runs))], mode, results)
 
     for seed in mode.seeds:
-        kept = [run for run in saved if run.seed == seed and run.system in SYSTEMS]
+        kept = [run for run in saved if run.seed == seed and run.system in mode.systems]
         runs.extend(kept)
         run_seed(mode, seed, TASKS["far"], progress, done=kept, record=record)
     runs.sort(key=lambda run: (run.seed, SYSTEMS.index(run.system)))
