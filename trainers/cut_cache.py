@@ -20,18 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from trainers.cache_store import CacheKey, CacheProgress, cached_entry
 from trainers.config import TrainConfig
-from trainers.data import Datasets, from_arrays, shuffle_and_batch
-from trainers.feature_cache import weights_identity
+from trainers.data import Datasets
+from trainers.feature_cache import feature_cache_key, read_extracted, save_extracted
 from trainers.model import FineTuneModel
 
 #: Bumped when the entry layout or the extraction changes.
 FORMAT = 1
-_BATCH = 64
 
 
 def default_budget_bytes() -> int:
@@ -120,53 +118,24 @@ def phase_on_cut(
             f"activations after {layer} take {size / 2**30:.2f} GiB, over the cache budget of "
             f"{budget_bytes / 2**30:.2f} GiB"
         )
+    # What the frozen features depend on, and where the network is cut.
     key = CacheKey(
         "activations",
-        {
-            "format": FORMAT,
-            "images": dict(examples.identity),
-            "backbone": config.model.backbone,
-            "weights": weights_identity(config),
-            "cut_layer": layer,
-            "dtype_policy": keras.config.dtype_policy().name,
-            "keras": keras.__version__,
-        },
+        {**feature_cache_key(config, examples).inputs, "format": FORMAT, "cut_layer": layer},
     )
 
     def build(folder: Path) -> None:
         lower = keras.Model(backbone.inputs, cut, name=f"up_to_{layer}")
-        extract = tf.function(
+        save_extracted(
             lambda images: lower(_preprocess(network, images), training=False),
-            reduce_retracing=True,
+            examples,
+            folder,
+            "activations",
+            progress,
         )
-        for split, pairs, count in (
-            ("train", examples.train, examples.train_count),
-            ("validation", examples.validation, examples.validation_count),
-        ):
-            activations, labels, done = [], [], 0
-            for images, batch_labels in pairs.batch(_BATCH):
-                activations.append(np.asarray(extract(images), np.float32))
-                labels.append(batch_labels.numpy().astype(np.int64))
-                done += len(batch_labels)
-                if progress is not None:
-                    progress(f"{split} activations after {layer}", done, max(count, done))
-            np.save(folder / f"{split}_activations.npy", np.concatenate(activations))
-            np.save(folder / f"{split}_labels.npy", np.concatenate(labels))
 
     folder, built = cached_entry(cache_dir, key, build)
-    train, validation = shuffle_and_batch(
-        config,
-        *(
-            from_arrays(
-                np.load(folder / f"{split}_activations.npy", mmap_mode="r"),
-                np.load(folder / f"{split}_labels.npy"),
-            )
-            for split in ("train", "validation")
-        ),
-        num_classes=datasets.num_classes,
-        train_size=datasets.train_count,
-        augment=False,
-    )
+    train, validation, _ = read_extracted(folder, "activations", config, datasets)
     activations = keras.Input(shape, name="activations")
     features = network.model.get_layer("head_pool")(upper(activations))
     dropped = network.model.get_layer("head_dropout")(features)

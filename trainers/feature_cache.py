@@ -14,6 +14,7 @@ images different, and then the cache is not used.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import tensorflow as tf
 
 from trainers.cache_store import CacheKey, CacheProgress, cached_entry, file_digest
 from trainers.config import TrainConfig
-from trainers.data import Datasets, Examples, shuffle_and_batch
+from trainers.data import Datasets, Examples, from_arrays, shuffle_and_batch
 from trainers.model import FineTuneModel
 
 #: Bumped when the entry layout or the extraction changes.
@@ -104,26 +105,56 @@ def _head_model(network: FineTuneModel, feature_size: int) -> keras.Model:
     return keras.Model(pooled, predictions, name="head_on_features")
 
 
-def _write_split(
-    extractor: keras.Model,
-    pairs: tf.data.Dataset,
-    count: int,
+def save_extracted(
+    extract: Callable[[tf.Tensor], tf.Tensor],
+    examples: Examples,
     folder: Path,
-    split: str,
+    name: str,
     progress: CacheProgress | None,
 ) -> None:
-    extract = tf.function(lambda images: extractor(images, training=False), reduce_retracing=True)
-    features: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    done = 0
-    for images, batch_labels in pairs.batch(_BATCH):
-        features.append(np.asarray(extract(images), np.float32))
-        labels.append(batch_labels.numpy().astype(np.int64))
-        done += len(batch_labels)
-        if progress is not None:
-            progress(f"{split} features", done, max(count, done))
-    np.save(folder / f"{split}_features.npy", np.concatenate(features))
-    np.save(folder / f"{split}_labels.npy", np.concatenate(labels))
+    """Run `extract` (a frozen part of the network, in inference mode) over both splits'
+    images and save its outputs as `<split>_<name>.npy`, with the labels in the same order."""
+    traced = tf.function(extract, reduce_retracing=True)
+    for split, pairs, count in (
+        ("train", examples.train, examples.train_count),
+        ("validation", examples.validation, examples.validation_count),
+    ):
+        outputs: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
+        done = 0
+        for images, batch_labels in pairs.batch(_BATCH):
+            outputs.append(np.asarray(traced(images), np.float32))
+            labels.append(batch_labels.numpy().astype(np.int64))
+            done += len(labels[-1])
+            if progress is not None:
+                progress(f"{split} {name}", done, max(count, done))
+        np.save(folder / f"{split}_{name}.npy", np.concatenate(outputs))
+        np.save(folder / f"{split}_labels.npy", np.concatenate(labels))
+
+
+def read_extracted(
+    folder: Path, name: str, config: TrainConfig, datasets: Datasets
+) -> tuple[tf.data.Dataset, tf.data.Dataset, tuple[int, ...]]:
+    """The training and validation pipelines over a saved extraction, and one item's shape.
+
+    Batched through the images' shuffle with the images' count, not the entry's: the same
+    shuffle buffer gives the same order.
+    """
+    arrays = {
+        split: np.load(folder / f"{split}_{name}.npy", mmap_mode="r")
+        for split in ("train", "validation")
+    }
+    train, validation = shuffle_and_batch(
+        config,
+        *(
+            from_arrays(arrays[split], np.load(folder / f"{split}_labels.npy"))
+            for split in ("train", "validation")
+        ),
+        num_classes=datasets.num_classes,
+        train_size=datasets.train_count,
+        augment=False,
+    )
+    return train, validation, tuple(int(size) for size in arrays["train"].shape[1:])
 
 
 def head_on_features(
@@ -142,31 +173,13 @@ def head_on_features(
 
     def build(folder: Path) -> None:
         extractor = _pooled_features_model(network)
-        _write_split(extractor, examples.train, examples.train_count, folder, "train", progress)
-        _write_split(
-            extractor,
-            examples.validation,
-            examples.validation_count,
-            folder,
-            "validation",
-            progress,
+        save_extracted(
+            lambda images: extractor(images, training=False), examples, folder, "features", progress
         )
 
     folder, built = cached_entry(cache_dir, feature_cache_key(config, examples), build)
-    train_features = np.load(folder / "train_features.npy")
-    validation_features = np.load(folder / "validation_features.npy")
-    train, validation = shuffle_and_batch(
-        config,
-        tf.data.Dataset.from_tensor_slices((train_features, np.load(folder / "train_labels.npy"))),
-        tf.data.Dataset.from_tensor_slices(
-            (validation_features, np.load(folder / "validation_labels.npy"))
-        ),
-        num_classes=datasets.num_classes,
-        # The images' count, not the features': the same shuffle buffer gives the same order.
-        train_size=datasets.train_count,
-        augment=False,
-    )
+    train, validation, (feature_size,) = read_extracted(folder, "features", config, datasets)
     head = HeadOnFeatures(
-        _head_model(network, train_features.shape[1]), train, validation, head_only_phases(config)
+        _head_model(network, feature_size), train, validation, head_only_phases(config)
     )
     return head, folder, built
