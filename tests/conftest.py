@@ -6,6 +6,7 @@ Everything runs on CPU with generated data; no test touches the network.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     last would leave one process idle while the other trains.
     """
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float) -> bool:
+    """Poll `predicate` every 50 ms until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 PRETRAINED_WEIGHTS = REPO / "weights" / "mobilenetv3small_synthetic_source_64.weights.h5"

@@ -6,13 +6,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bench.study_timeline import LogWatcher, StudyTimeline, cache_use, process_ended
+from tests.conftest import wait_for
 
 COLD_LOG = [
     (12.0, "trial 0: worker pid 11"),
@@ -109,19 +108,10 @@ def test_the_log_watcher_stamps_lines_as_they_appear_and_the_workers_exit(
         file.write("00 training\n")
     worker.kill()
     # Ended but not yet reaped: the coordinator reaps its workers only when it closes them.
-    assert _wait_for(lambda: process_ended(worker.pid), 10)
+    assert wait_for(lambda: process_ended(worker.pid), 10)
     watcher.poll()
     (first, one), (second, two) = watcher.worker_logs()[3]
     assert two == "data: 400 training" and one.startswith("trial 3: prewarmed worker pid")
     assert first <= second <= watcher.worker_exits()[3]
     worker.wait()
     assert process_ended(worker.pid) and process_ended(os.getpid()) is False
-
-
-def _wait_for(predicate: Callable[[], object], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False

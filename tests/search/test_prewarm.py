@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for
 from tests.search.harness import CoordinatorProcess
 
 SCRIPTED = "tests.search.scripted_run"
@@ -30,15 +29,6 @@ def _standby_pids(output: Path) -> list[int]:
     log = output / "standby.log"
     text = log.read_text() if log.exists() else ""
     return [int(pid) for pid in re.findall(r"standby pid (\d+) \(slot \d+\) ready", text)]
-
-
-def _wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def _smoke(tmp_path: Path, n_trials: int, seconds_per_epoch: float) -> CoordinatorProcess:
@@ -71,7 +61,7 @@ def test_an_unused_standby_ends_when_the_coordinator_stops(tmp_path: Path, how: 
     coordinator = _smoke(tmp_path, 3, 3.0)
     output = tmp_path / "runs" / "search" / "smoke"
     # Trial 0 trains for 9 s; its successor's process is ready long before.
-    assert _wait_for(lambda: _standby_pids(output), timeout=60), coordinator.output
+    assert wait_for(lambda: _standby_pids(output), timeout=60), coordinator.output
     (standby,) = _standby_pids(output)
     assert _running(standby)
     if how == "ctrl-c":
@@ -83,4 +73,4 @@ def test_an_unused_standby_ends_when_the_coordinator_stops(tmp_path: Path, how: 
     else:
         coordinator.kill()
         # The kernel closes its pipe when the coordinator dies.
-        assert _wait_for(lambda: not _running(standby), timeout=20)
+        assert wait_for(lambda: not _running(standby), timeout=20)
