@@ -506,8 +506,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = scan_image_folder(data)
     params = draw_params(mode.space, count, args.seed, str(data))
     configs = [config_of(mode.space, p, str(data)) for p in params]
+    held_out = mode.space.validation
+    assert isinstance(held_out, float), "the benchmark holds out a fraction of its folder"
     validation_images = len(
-        stratified_split(folder.labels, mode.space.validation, configs[0].data.seed).validation
+        stratified_split(folder.labels, held_out, configs[0].data.seed).validation
     )
     (output / "scripts").mkdir(parents=True)
     plan = {"space": dataclasses.asdict(mode.space), "params": params, "data": str(data)}

@@ -138,13 +138,21 @@ class Coordinator:
                 trial = self.study.ask()
             self.liveness.claim(trial, self.identity)
             try:
-                config = self.spec.space(trial, self.settings.data_source)
+                config = self._config_of(trial)
             except TrainerInputError as error:
                 return trial, error
             # Still under the lock: a peer that counts the budget next sees the epochs this
             # trial may train.
             trial.set_user_attr(TrialAttr.EPOCHS_PLANNED, config.total_epochs)
         return trial, config
+
+    def _config_of(self, trial: optuna.Trial) -> TrainConfig:
+        """The config a trial runs: an enqueued config that is not a point of the space as it
+        is (`search.study_setup`), else what the space samples."""
+        enqueued = trial.user_attrs.get(TrialAttr.ENQUEUED_CONFIG)
+        if enqueued is not None:
+            return TrainConfig.from_yaml(enqueued, origin=f"trial {trial.number}, enqueued")
+        return self.spec.space(trial, self.settings.data_source)
 
     def _start_trial(self, slot: int) -> bool:
         """Start a trial in `slot`; False when the budget (or the timeout) allows no more."""

@@ -1,6 +1,7 @@
 """Export a study's best trial as a production config: `python -m search.export`.
 
     python -m search.export --study effnet_b4 -o best.yaml
+    python -m search.export --study studies/dogs_b0.yaml -o best.yaml   # a study file's study
     python -m trainers.train --config best.yaml
 
 The file is the exact config the best trial trained with (as its worker resolved it), plus a
@@ -20,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.storage import DEFAULT_STORAGE, StorageError, check_storage_url, make_storage, redact
+from search.study_file import is_study_file, load_study_file
 from search.vocabulary import TrialAttr
 from trainers.config import Provenance, TrainConfig
 from trainers.errors import TrainerInputError
@@ -89,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m search.export",
         description="Write the best trial's config as YAML for python -m trainers.train.",
     )
-    parser.add_argument("--study", required=True)
+    parser.add_argument("--study", required=True, help="the study's name, or its study file")
     parser.add_argument(
         "-o", "--output", default="best.yaml", help="file to write (default: %(default)s)"
     )
@@ -99,14 +101,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        config = best_config(args.study, args.storage)
+        study_name = (
+            load_study_file(Path(args.study)).spec.name if is_study_file(args.study) else args.study
+        )
+        config = best_config(study_name, args.storage)
         path = write_export(config, Path(args.output))
     except (ExportError, StorageError, TrainerInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     assert config.provenance is not None
     print(
-        f"wrote {path}: trial {config.provenance.trial_number} of {args.study}, "
+        f"wrote {path}: trial {config.provenance.trial_number} of {study_name}, "
         f"val_accuracy {config.provenance.value:.4f} at epoch {config.provenance.best_epoch}"
     )
     return 0

@@ -56,14 +56,18 @@ def enqueue_retry(
 ) -> None:
     """Queue a new trial with the same parameters; the next `ask` anywhere will run it."""
     previous = int(user_attrs.get(TrialAttr.RETRY_COUNT, 0))
-    enqueued = user_attrs.get(TrialAttr.ENQUEUED)
+    kept: dict[str, Any] = {
+        key: user_attrs[key]
+        for key in (TrialAttr.ENQUEUED, TrialAttr.ENQUEUED_CONFIG)
+        if user_attrs.get(key) is not None
+    }
     study.enqueue_trial(
         dict(params),
         user_attrs={
             TrialAttr.RETRY_OF: number,
             TrialAttr.RETRY_COUNT: previous if reason in USER_STOPS else previous + 1,
             TrialAttr.RETRY_REASON: reason,
-            **({TrialAttr.ENQUEUED: enqueued} if enqueued is not None else {}),
+            **kept,
         },
     )
 

@@ -2,6 +2,7 @@
 
     python -m search.run --study demo
     python -m search.run --study effnet_b4 --data data/stanford_dogs/train --n-trials 40
+    python -m search.run --study studies/dogs_b0.yaml --image-size 192
 
 The trial count is the study's target total: running the same command again continues the
 study until that many trials have finished, so an interrupted study is completed, not
@@ -29,7 +30,8 @@ from search.pruning import PRUNERS
 from search.retry import RetryPolicy, StudyStoppedError
 from search.slots import SlotError, detect_gpus, parse_gpus, worker_environments
 from search.storage import DEFAULT_STORAGE, StorageError, check_storage_url, redact
-from search.studies import STUDIES, StudySpec, UnknownStudyError, get_study_spec
+from search.studies import STUDIES, StudySpec, UnknownStudyError
+from search.study_file import resolve_study, with_overrides
 from search.study_setup import RunSettings, StudyMismatchError
 from search.worker import run_worker
 from trainers.cache_store import GIGABYTE
@@ -48,7 +50,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m search.run",
         description="Run (or resume) an Optuna study of fine-tuning strategies.",
     )
-    parser.add_argument("--study", required=True, help=f"one of: {', '.join(sorted(STUDIES))}")
+    parser.add_argument(
+        "--study",
+        required=True,
+        help=f"a registered study ({', '.join(sorted(STUDIES))}) or a study file (.yaml); "
+        "python -m search.studies lists them",
+    )
     parser.add_argument(
         "--pruner",
         choices=tuple(PRUNERS),
@@ -81,6 +88,18 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--data", help="data source (default: the study's), e.g. a folder or tfds:NAME"
+    )
+    model = parser.add_argument_group(
+        "model (recorded on the study: a resume must pass the same)",
+    )
+    model.add_argument(
+        "--backbone",
+        help="another registered backbone; its own unfreeze ladder, native image size and "
+        "ImageNet weights unless --image-size / --weights say otherwise",
+    )
+    model.add_argument("--image-size", type=int, help="square input size in pixels")
+    model.add_argument(
+        "--weights", help="imagenet, or a .weights.h5 file of the same headless backbone"
     )
     parser.add_argument(
         "--tracking-uri",
@@ -156,8 +175,8 @@ def preflight(spec: StudySpec, data_source: str) -> None:
     weights = config.model.weights
     if weights not in (None, "imagenet") and not Path(weights).is_file():
         raise ModelBuildError(
-            f"model.weights: {weights} does not exist; the {spec.name} study names it relative "
-            "to the working directory, so run it from the repository root"
+            f"model.weights: {weights} of the {spec.name} study does not exist; pass --weights "
+            "imagenet or a .weights.h5 file"
         )
     if config.data.source_kind == "directory":
         scan_image_folder(config.data.source)
@@ -165,18 +184,27 @@ def preflight(spec: StudySpec, data_source: str) -> None:
             scan_image_folder(config.data.validation)
 
 
-def settings_from(args: argparse.Namespace) -> tuple[str, RunSettings]:
-    spec = get_study_spec(args.study)
-    compute_budget = args.budget_epochs is not None or args.budget_hours is not None
+def settings_from(args: argparse.Namespace) -> tuple[StudySpec, RunSettings]:
+    """The study (with the command's overrides) and how to run it."""
+    loaded = resolve_study(args.study)
+    spec = with_overrides(
+        loaded.spec, backbone=args.backbone, image_size=args.image_size, weights=args.weights
+    )
+    if args.pruner is not None:
+        spec = replace(spec, pruner=args.pruner)
+    # The command line wins over a study file's budgets.
+    budget_epochs = args.budget_epochs if args.budget_epochs is not None else loaded.budget_epochs
+    budget_hours = args.budget_hours if args.budget_hours is not None else loaded.budget_hours
+    compute_budget = budget_epochs is not None or budget_hours is not None
     # A compute budget alone bounds the study; the study's default trial count would cut it
     # short.
     n_trials = args.n_trials if args.n_trials is not None or compute_budget else spec.n_trials
     if n_trials is not None and n_trials < 1:
         raise UsageError(f"--n-trials must be at least 1, got {n_trials}")
-    if args.budget_epochs is not None and args.budget_epochs < 1:
-        raise UsageError(f"--budget-epochs must be at least 1, got {args.budget_epochs}")
-    if args.budget_hours is not None and not args.budget_hours > 0:
-        raise UsageError(f"--budget-hours must be positive, got {args.budget_hours}")
+    if budget_epochs is not None and budget_epochs < 1:
+        raise UsageError(f"--budget-epochs must be at least 1, got {budget_epochs}")
+    if budget_hours is not None and not budget_hours > 0:
+        raise UsageError(f"--budget-hours must be positive, got {budget_hours}")
     if args.cache_budget_gb is not None and args.cache_budget_gb < 0:
         raise UsageError(f"--cache-budget-gb must be 0 or more, got {args.cache_budget_gb}")
     if args.timeout is not None and args.timeout <= 0:
@@ -200,7 +228,7 @@ def settings_from(args: argparse.Namespace) -> tuple[str, RunSettings]:
     except ValueError as error:
         raise UsageError(str(error)) from None
     output = ensure_writable_folder(Path(args.output or Path("runs") / "search" / spec.name))
-    return spec.name, RunSettings(
+    return spec, RunSettings(
         n_trials=n_trials,
         storage=args.storage,
         data_source=data_source,
@@ -212,8 +240,8 @@ def settings_from(args: argparse.Namespace) -> tuple[str, RunSettings]:
         retry=retry,
         heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period,
-        budget_epochs=args.budget_epochs,
-        budget_hours=args.budget_hours,
+        budget_epochs=budget_epochs,
+        budget_hours=budget_hours,
         cache=args.cache,
         cache_budget_bytes=None
         if args.cache_budget_gb is None
@@ -244,15 +272,12 @@ def main(argv: Sequence[str] | None = None, *, worker: WorkerEntry = run_worker)
     # The runner prints its own lines; Optuna's INFO log would repeat them.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        name, settings = settings_from(args)
+        spec, settings = settings_from(args)
     except (UnknownStudyError, StorageError, TrainerInputError, UsageError, SlotError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        spec = get_study_spec(name)
-        if args.pruner is not None:
-            spec = replace(spec, pruner=args.pruner)
         summary = run_study(spec, settings, worker=worker)
     except StudyMismatchError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -274,7 +299,10 @@ def main(argv: Sequence[str] | None = None, *, worker: WorkerEntry = run_worker)
         )
         raise
     if summary.best_trial is not None:
-        print(f"export the best config with: python -m search.export --study {name} -o best.yaml")
+        print(
+            "export the best config with: python -m search.export --study "
+            f"{shlex.quote(args.study)} -o best.yaml"
+        )
     return 0
 
 

@@ -1,7 +1,9 @@
 """The study registry: a name -> space, data, sampler, pruner, objective, budget, first trials.
 
-Add a study by adding a space module under `spaces/` and an entry here. Names are looked up by
-`python -m search.run --study NAME` and `python -m search.export --study NAME`.
+Add a study by adding a space module under `spaces/` and an entry here, or write a study file
+(`search.study_file`) instead. Names are looked up by `python -m search.run --study NAME` and
+`python -m search.export --study NAME`; `python -m search.studies [NAME_OR_FILE]` lists them or
+prints one's space (`search.space_listing`).
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ def best_validation_accuracy(history: TrainingHistory) -> float | None:
 
 @dataclass(frozen=True)
 class EnqueuedTrial:
-    """A known configuration the study tries first, as sampled parameter values."""
+    """A known configuration the study tries first: sampled parameter values, or a whole
+    config (from a study file's `enqueue`), which its trial runs exactly, on the study's data."""
 
     label: str
     params: Mapping[str, Any]
+    config: TrainConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,7 @@ STUDIES: dict[str, StudySpec] = {
         StudySpec(
             name="effnet_b4",
             description="EfficientNetB4 @380px fine-tuning strategies (Stanford Dogs)",
-            space=effnet_b4.space,
+            space=effnet_b4.SPACE,
             default_data=effnet_b4.DEFAULT_DATA,
             n_trials=60,
             enqueued=(EFFNET_B4_RECIPE,),
@@ -177,7 +181,7 @@ STUDIES: dict[str, StudySpec] = {
         StudySpec(
             name="effnet_b0",
             description="EfficientNetB0 @224px fine-tuning strategies",
-            space=effnet_b0.space,
+            space=effnet_b0.SPACE,
             default_data=effnet_b0.DEFAULT_DATA,
             n_trials=60,
             pruner=RECOMMENDED_PRUNER,
@@ -185,7 +189,7 @@ STUDIES: dict[str, StudySpec] = {
         StudySpec(
             name="demo",
             description="MobileNetV3Small @64px on generated data; minutes on a CPU",
-            space=demo.space,
+            space=demo.SPACE,
             default_data=demo.DEFAULT_DATA,
             n_trials=8,
             enqueued=(DEMO_RECIPE, DEMO_BATCHNORM_UNFROZEN),
@@ -197,7 +201,7 @@ STUDIES: dict[str, StudySpec] = {
         StudySpec(
             name="smoke",
             description="the smallest real study: checks an installation in about a minute",
-            space=smoke.space,
+            space=smoke.SPACE,
             default_data=smoke.DEFAULT_DATA,
             n_trials=4,
             pruner_warmup_epochs=3,
@@ -218,3 +222,15 @@ def get_study_spec(name: str) -> StudySpec:
         raise UnknownStudyError(
             f"unknown study {name!r}; valid studies: {', '.join(sorted(STUDIES))}"
         ) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from search.space_listing import main as list_studies
+
+    return list_studies(argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

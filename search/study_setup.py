@@ -1,9 +1,10 @@
 """Opening a study for a run: how to run it, and whether the command may continue it.
 
 `RunSettings` holds everything `search.run` parses. `open_study` creates the study or loads it,
-refuses (`StudyMismatchError`, one line) a command that would continue it with other data or
-another pruner, or a study whose trials still use a renamed parameter, records data source
-and pruner, and enqueues the spec's known configurations once. Coordinators call it under the
+refuses (`StudyMismatchError`, one line) a command that would continue it with other data,
+another pruner, backbone, weights or image size, or a study whose trials still use a renamed
+parameter, records all of those and the parameters' roles, and enqueues the spec's known
+configurations once. Coordinators call it under the
 study lock, so several that start together on a fresh database create tables, study and queue
 one at a time.
 """
@@ -19,8 +20,10 @@ from search.budget import Limits
 from search.liveness import retry_params
 from search.retry import RetryPolicy
 from search.storage import make_storage, redact
-from search.studies import StudySpec
+from search.studies import EnqueuedTrial, StudySpec
+from search.study_file import study_config
 from search.vocabulary import RENAMED_PARAMS, StudyAttr, TrialAttr
+from spaces.finetune import FineTuneSpace
 
 
 class StudyMismatchError(ValueError):
@@ -97,15 +100,56 @@ def open_study(
     )
     if existing:
         _check_continues(study, spec, settings)
-    study.set_user_attr(StudyAttr.DATA_SOURCE, settings.data_source)
-    study.set_user_attr(StudyAttr.PRUNER, spec.pruner)
+    for key, value in _recorded(spec, settings).items():
+        study.set_user_attr(key, value)
+    if isinstance(spec.space, FineTuneSpace):
+        roles = {p.name: p.role.value for p in spec.space.parameters()}
+        study.set_user_attr(StudyAttr.PARAM_ROLES, roles)
     for known in spec.enqueued:
+        _enqueue(study, spec, known, settings.data_source)
+    return study, storage
+
+
+def _recorded(spec: StudySpec, settings: RunSettings) -> dict[str, object]:
+    """What a resume must match: data, pruner, and the model the space trains."""
+    recorded: dict[str, object] = {
+        StudyAttr.DATA_SOURCE: settings.data_source,
+        StudyAttr.PRUNER: spec.pruner,
+    }
+    if isinstance(spec.space, FineTuneSpace):
+        recorded |= {
+            StudyAttr.BACKBONE: spec.space.backbone,
+            StudyAttr.WEIGHTS: spec.space.weights,
+            StudyAttr.IMAGE_SIZE: spec.space.image_size,
+        }
+    return recorded
+
+
+def _enqueue(study: optuna.Study, spec: StudySpec, known: EnqueuedTrial, data: str) -> None:
+    """Queue a known configuration once, however many coordinators start (under the lock).
+
+    A config that is a point of the space is queued as its parameters, so the sampler learns
+    from it like from any trial; any other runs as it is, with no sampled parameters."""
+    if known.config is None:
+        params: dict[str, object] | None = dict(known.params)
+        extra: dict[str, str] = {}
+    else:
+        assert isinstance(spec.space, FineTuneSpace), "study files have a FineTuneSpace"
+        config = study_config(known.config, spec.space, data)
+        params = spec.space.params_of(config)
+        extra = {} if params is not None else {TrialAttr.ENQUEUED_CONFIG: config.to_yaml()}
+    if params:
         # skip_if_exists: a coordinator that died half-way through this loop is completed by
         # the next one, and nothing is queued twice.
         study.enqueue_trial(
-            dict(known.params), user_attrs={TrialAttr.ENQUEUED: known.label}, skip_if_exists=True
+            params, user_attrs={TrialAttr.ENQUEUED: known.label}, skip_if_exists=True
         )
-    return study, storage
+        return
+    # Optuna's skip_if_exists compares parameters, and these trials have none: compare labels.
+    trials = study.get_trials(deepcopy=False)
+    queued = {trial.user_attrs.get(TrialAttr.ENQUEUED) for trial in trials}
+    if known.label not in queued:
+        study.enqueue_trial({}, user_attrs={TrialAttr.ENQUEUED: known.label, **extra})
 
 
 def _check_continues(study: optuna.Study, spec: StudySpec, settings: RunSettings) -> None:
@@ -129,10 +173,19 @@ def _check_continues(study: optuna.Study, spec: StudySpec, settings: RunSettings
             "another --storage for a new study"
         )
     # Hyperband's brackets and successive halving's rungs hold only if every trial of the
-    # study is judged by the same pruner.
-    pruner = study.user_attrs.get(StudyAttr.PRUNER)
-    if pruner is not None and pruner != spec.pruner:
-        raise StudyMismatchError(
-            f"study {spec.name!r} was started with pruner {pruner!r}, not {spec.pruner!r}; "
-            f"pass --pruner {pruner} to continue it, or use another --storage for a new study"
-        )
+    # study is judged by the same pruner; trials of one study compare on one model.
+    options = {
+        StudyAttr.PRUNER: "--pruner",
+        StudyAttr.BACKBONE: "--backbone",
+        StudyAttr.WEIGHTS: "--weights",
+        StudyAttr.IMAGE_SIZE: "--image-size",
+    }
+    wanted = _recorded(spec, settings)
+    for key, option in options.items():
+        started = study.user_attrs.get(key)
+        if started is not None and key in wanted and started != wanted[key]:
+            raise StudyMismatchError(
+                f"study {spec.name!r} was started with {key.replace('_', ' ')} {started!r}, not "
+                f"{wanted[key]!r}; pass {option} {started} to continue it, or use another "
+                "--storage for a new study"
+            )

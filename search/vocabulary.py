@@ -64,6 +64,9 @@ class TrialAttr(StrEnum):
     COORDINATOR = "coordinator"
     #: Label of a known configuration the study enqueued.
     ENQUEUED = "enqueued"
+    #: An enqueued config (YAML) that is not a point of the space: the trial runs it as it is,
+    #: instead of sampling.
+    ENQUEUED_CONFIG = "enqueued_config"
     TRAIN_IMAGES = "train_images"
     VALIDATION_IMAGES = "validation_images"
     #: The trial this one re-runs with the same parameters, and how often it was re-run.
@@ -81,6 +84,14 @@ class StudyAttr(StrEnum):
     DATA_SOURCE = "data_source"
     #: The Optuna pruner the study was started with (`median`, `asha`, `hyperband`); likewise.
     PRUNER = "pruner"
+    #: The backbone, its weights (`imagenet` or an absolute file path) and the image size the
+    #: study was started with (`--backbone`, `--weights`, `--image-size`, a study file); likewise.
+    BACKBONE = "backbone"
+    WEIGHTS = "weights"
+    IMAGE_SIZE = "image_size"
+    #: Every searched parameter's role, name -> `scientific` / `nuisance` / `fixed`
+    #: (`spaces.parameters.Role`), for the analysis.
+    PARAM_ROLES = "param_roles"
 
 
 #: The Optuna constraint (`Trial.set_constraint`) a `gpu_oom` trial violates: samplers that

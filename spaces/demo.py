@@ -2,7 +2,8 @@
 
     python -m search.run --study demo          # about 3 minutes on 2 CPU cores, no download
 
-The backbone (weights/mobilenetv3small_synthetic_source_64.weights.h5) was trained from scratch
+The backbone (spaces/weights/mobilenetv3small_synthetic_source_64.weights.h5, package data, so
+the demo runs from any folder after `pip install .`) was trained from scratch
 on `synthetic:source` by `python -m trainers.pretrain`; the study fine-tunes it on
 `synthetic:target`, 10 classes that share no class with the source task. The same lessons as
 the seed guide show up in minutes: BatchNorm unfrozen at a high rate destroys the pretrained
@@ -19,11 +20,16 @@ Fixed: MobileNetV3Small, 64 px, the committed source-task weights, 10 target cla
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from spaces.finetune import FineTuneSpace, Suggester
 from trainers.config import TrainConfig
 
 DEFAULT_DATA = "synthetic:target"
-PRETRAINED_WEIGHTS = "weights/mobilenetv3small_synthetic_source_64.weights.h5"
+#: An absolute path: the file ships inside the package, wherever it is installed.
+PRETRAINED_WEIGHTS = str(
+    Path(__file__).resolve().parent / "weights" / "mobilenetv3small_synthetic_source_64.weights.h5"
+)
 
 SPACE = FineTuneSpace(
     backbone="MobileNetV3Small",

@@ -38,7 +38,7 @@ def wait_for(predicate: Callable[[], object], timeout: float) -> bool:
     return False
 
 
-PRETRAINED_WEIGHTS = REPO / "weights" / "mobilenetv3small_synthetic_source_64.weights.h5"
+PRETRAINED_WEIGHTS = REPO / "spaces" / "weights" / "mobilenetv3small_synthetic_source_64.weights.h5"
 
 
 def small_config_dict(**overrides: Any) -> dict[str, Any]:

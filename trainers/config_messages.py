@@ -18,8 +18,11 @@ __all__ = ["describe_validation_error"]
 Location = tuple[int | str, ...]
 
 
-def describe_validation_error(error: ValidationError, *, root: type[BaseModel]) -> str:
-    """All problems of `error`, one line each; `root` is the model that was validated."""
+def describe_validation_error(
+    error: ValidationError, *, root: type[BaseModel], what: str = "config"
+) -> str:
+    """All problems of `error`, one line each; `root` is the model that was validated, `what`
+    names it in the message."""
     items = error.errors(include_url=False)
     # A list whose items are all invalid is also reported as too short; the items say why.
     lines = [
@@ -29,8 +32,8 @@ def describe_validation_error(error: ValidationError, *, root: type[BaseModel]) 
     ]
     unique = list(dict.fromkeys(lines))
     if len(unique) == 1:
-        return f"invalid config: {unique[0]}"
-    return f"invalid config ({len(unique)} problems):\n  " + "\n  ".join(unique)
+        return f"invalid {what}: {unique[0]}"
+    return f"invalid {what} ({len(unique)} problems):\n  " + "\n  ".join(unique)
 
 
 def _key_path(location: Location) -> str:

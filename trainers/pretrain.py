@@ -5,7 +5,7 @@ the demo's search meaningless (its frozen features sit at chance). This builds t
 once: train the whole network on `synthetic:source`, then save the headless backbone as a
 `.weights.h5` file (usable as `model.weights`) with a YAML card describing how it was made.
 
-    python -m trainers.pretrain --out weights/mobilenetv3small_synthetic_source_64.weights.h5
+    python -m trainers.pretrain --out spaces/weights/mobilenetv3small_synthetic_source_64.weights.h5
 
 The committed file was made with the defaults below (about 3 minutes on 2 CPU cores).
 """
@@ -24,7 +24,7 @@ import yaml
 from trainers.config import TrainConfig
 from trainers.errors import TrainerInputError
 
-DEFAULT_OUT = "weights/mobilenetv3small_synthetic_source_64.weights.h5"
+DEFAULT_OUT = "spaces/weights/mobilenetv3small_synthetic_source_64.weights.h5"
 
 
 def pretrain_config(args: argparse.Namespace) -> TrainConfig:
