@@ -1,7 +1,7 @@
 """Export a study's best trial as a production config: `python -m search.export`.
 
     python -m search.export --study effnet_b4 -o best.yaml
-    python -m search.export --study studies/dogs_b0.yaml -o best.yaml   # a study file's study
+    python -m search.export --study studies/stanford_dogs_b0.yaml -o best.yaml
     python -m trainers.train --config best.yaml
 
 The file is the exact config the best trial trained with (as its worker resolved it), plus a

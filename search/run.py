@@ -2,7 +2,7 @@
 
     python -m search.run --study demo
     python -m search.run --study effnet_b4 --data data/stanford_dogs/train --n-trials 40
-    python -m search.run --study studies/dogs_b0.yaml --image-size 192
+    python -m search.run --study studies/stanford_dogs_b0.yaml --image-size 192
 
 The trial count is the study's target total: running the same command again continues the
 study until that many trials have finished, so an interrupted study is completed, not

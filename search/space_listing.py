@@ -2,7 +2,7 @@
 
     python -m search.studies                          # one line per registered study
     python -m search.studies effnet_b4                # every parameter, and the unfreeze ladder
-    python -m search.studies studies/dogs_b0.yaml --image-size 192
+    python -m search.studies studies/stanford_dogs_b0.yaml --image-size 192
 
 For one study it prints what it runs (backbone, weights, image size, data, trials, pruner, the
 configs it tries first), then every parameter with its range or choices, scale, the condition

@@ -61,6 +61,10 @@ def _fraction(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
 
 
+#: Choices that are fractions: YAML's `0` becomes `0.0`, so that a config's 0.0 is a choice.
+FLOAT_CHOICES = frozenset({"label_smoothing", "warmup_frac"})
+
+
 #: Choices a file may override: parameter -> (FineTuneSpace field, what a choice must be).
 CHOICES: dict[str, tuple[str, Any, str]] = {
     "head_epochs": ("head_epochs", _positive_int, "whole numbers >= 1"),
@@ -189,7 +193,8 @@ def _build(model: StudyFileModel, folder: Path, path: Path) -> LoadedStudy:
     data = _local(model.data, folder) if model.data is not None else base.default_data
     if not data:
         raise _KeyError("data", f"required with space: {GENERIC} (a folder, tfds:NAME, ...)")
-    changes_head = "head_epochs" in model.ranges or "head_epochs" in model.fixed
+    enqueued = _enqueued(model.enqueue, folder)
+    changes_head = "head_epochs" in model.ranges or "head_epochs" in model.fixed or bool(enqueued)
     spec = replace(
         base,
         name=model.name,
@@ -197,10 +202,12 @@ def _build(model: StudyFileModel, folder: Path, path: Path) -> LoadedStudy:
         space=space,
         default_data=data,
         n_trials=model.n_trials or base.n_trials,
-        enqueued=tuple(_enqueued(model.enqueue, folder)),
+        enqueued=tuple(enqueued),
         pruner=model.pruner or base.pruner,
         # The Optuna pruner waits for the longest head phase (StudySpec).
-        pruner_warmup_epochs=_longest_head(space) if changes_head else base.pruner_warmup_epochs,
+        pruner_warmup_epochs=_longest_head(space, enqueued)
+        if changes_head
+        else base.pruner_warmup_epochs,
         seed=model.seed,
     )
     return LoadedStudy(spec, model.budget_epochs, model.budget_hours, path)
@@ -283,7 +290,7 @@ def _with_ranges(space: FineTuneSpace, ranges: Mapping[str, tuple[Any, ...]]) ->
                 raise _KeyError(key, f"got {bad[0]!r}; choices must be {allowed}")
             if len(set(map(repr, values))) != len(values):
                 raise _KeyError(key, f"a choice is listed twice: {list(values)}")
-            changes[field_name] = tuple(values)
+            changes[field_name] = tuple(float(v) if name in FLOAT_CHOICES else v for v in values)
         else:
             raise _unknown("ranges", name)
     return replace(space, **changes)
@@ -314,12 +321,15 @@ def _with_fixed(space: FineTuneSpace, fixed: Mapping[str, Any]) -> FineTuneSpace
         elif name == "use_l2sp":
             if not isinstance(value, bool):
                 raise _KeyError(key, f"true or false; got {value!r}")
+            if value and not space.l2sp_alpha:
+                raise _KeyError(key, "this space has no l2sp_alpha range; set ranges.l2sp_alpha")
         elif name in FLOAT_RANGES:
-            _float_range(key, (value, value), log=FLOAT_RANGES[name][1])
+            value = _float_range(key, (value, value), log=FLOAT_RANGES[name][1])[0]
         elif name in CHOICES:
             _, valid, allowed = CHOICES[name]
             if not valid(value):
                 raise _KeyError(key, f"got {value!r}; must be one of {allowed}")
+            value = float(value) if name in FLOAT_CHOICES else value
         else:
             raise _unknown("fixed", name)
         values[name] = value
@@ -337,8 +347,11 @@ def _with_roles(space: FineTuneSpace, roles: Mapping[str, str]) -> FineTuneSpace
     return replace(space, roles={**space.roles, **{k: Role(v) for k, v in roles.items()}})
 
 
-def _longest_head(space: FineTuneSpace) -> int:
-    return int(space.fixed.get("head_epochs", max(space.head_epochs)))
+def _longest_head(space: FineTuneSpace, enqueued: list[EnqueuedTrial]) -> int:
+    """The most epochs a trial's head phase may train: the space's, or an enqueued config's."""
+    heads = [int(space.fixed.get("head_epochs", max(space.head_epochs)))]
+    heads += [known.config.phases[0].epochs for known in enqueued if known.config is not None]
+    return max(heads)
 
 
 def _enqueued(paths: tuple[str, ...], folder: Path) -> list[EnqueuedTrial]:
@@ -352,9 +365,12 @@ def _enqueued(paths: tuple[str, ...], folder: Path) -> list[EnqueuedTrial]:
         except ConfigError as error:
             raise _KeyError(f"enqueue[{index}]", str(error)) from None
         weights = config.model.weights
-        if weights not in (None, "imagenet") and (resolved.parent / weights).is_file():
+        if weights not in (None, "imagenet"):
             # Named relative to the config file, as the study file names its own.
-            model = config.model.model_copy(update={"weights": str(resolved.parent / weights)})
+            where = resolved.parent / weights
+            if not where.is_file():
+                raise _KeyError(f"enqueue[{index}]", f"model.weights: {where} does not exist")
+            model = config.model.model_copy(update={"weights": str(where.resolve())})
             config = config.model_copy(update={"model": model})
         # Labelled as the file names it, so that two `best.yaml`s of different folders differ.
         known.append(EnqueuedTrial(name, {}, config.model_copy(update={"provenance": None})))
@@ -405,11 +421,20 @@ def with_overrides(
     kept = tuple(
         known
         for known in spec.enqueued
-        if known.config is not None
-        or all(
-            parameters[name].contains(value)
-            for name, value in known.params.items()
-            if name in parameters
+        if (known.config is not None and _same_model(known.config, moved))
+        or (
+            known.config is None
+            and all(
+                parameters[name].contains(value)
+                for name, value in known.params.items()
+                if name in parameters
+            )
         )
     )
     return replace(spec, space=moved, enqueued=kept)
+
+
+def _same_model(config: TrainConfig, space: FineTuneSpace) -> bool:
+    """Whether a config trains the backbone, weights and image size the space does."""
+    model = (config.model.backbone, config.model.weights, config.data.image_size)
+    return model == (space.backbone, space.weights, space.image_size)

@@ -241,10 +241,7 @@ class FineTuneSpace:
             "drop_connect_rate": config.model.drop_connect_rate,
             "augmentation": config.data.augmentation,
             "label_smoothing": config.label_smoothing,
-            "use_l2sp": config.l2sp_alpha > 0,
         }
-        if config.l2sp_alpha > 0:
-            values["l2sp_alpha"] = config.l2sp_alpha
         if rest:
             fine_tune = rest[0]
             values |= {
@@ -253,7 +250,10 @@ class FineTuneSpace:
                 "ft_epochs": fine_tune.epochs,
                 "warmup_frac": fine_tune.warmup_fraction,
                 "freeze_bn": fine_tune.freeze_batchnorm,
+                "use_l2sp": config.l2sp_alpha > 0,
             }
+            if config.l2sp_alpha > 0:
+                values["l2sp_alpha"] = config.l2sp_alpha
         params: dict[str, Any] = {}
         for parameter in self.parameters():
             if parameter.name not in values:
@@ -286,7 +286,8 @@ class _Replay:
         return int(self.params[name])
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        return self.params[name]
+        # `sample` asks even for a one-choice parameter, which is not searched.
+        return choices[0] if len(choices) == 1 else self.params[name]
 
 
 def _range(

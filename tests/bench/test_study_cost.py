@@ -29,6 +29,7 @@ from bench.study_cost import (
 )
 from bench.study_cost_run import STUDY_NAME, UnprunedStudySpec, space_from_plan, study_spec
 from search.pruning import CollapseRules, EpochView, find_collapse
+from spaces.demo import PRETRAINED_WEIGHTS
 from tests.conftest import REPO
 from trainers.image_folder import ImageFolder
 
@@ -45,7 +46,7 @@ def test_configs_are_drawn_by_the_seed_and_train_the_head_for_at_least_half() ->
         assert head_share(config) >= 0.5
         # Every config fine-tunes, without augmentation, on the demo's backbone and weights.
         assert config.unfrozen_units > 0 and config.data.augmentation == "none"
-        assert config.model.weights == "weights/mobilenetv3small_synthetic_source_64.weights.h5"
+        assert config.model.weights == PRETRAINED_WEIGHTS
         assert config.data.source == DATA and config.data.image_size == 64
     quick = config_of(QUICK.space, draw_params(QUICK.space, 1, seed=0, data=DATA)[0], DATA)
     assert [phase.epochs for phase in quick.phases] == [1, 1]

@@ -137,26 +137,3 @@ def test_export_equals_the_config_the_trial_trained_with(finished_study: dict[st
     written = write_export(exported, folder / "exports" / "best.yaml")
     # The file loads as a trainer config, provenance and all.
     assert load_config(written) == exported
-
-
-def test_analysis_notebook_runs_on_a_finished_study(finished_study: dict[str, Any]) -> None:
-    import json
-
-    import matplotlib
-
-    from tests.conftest import REPO
-
-    matplotlib.use("Agg")
-    folder: Path = finished_study["folder"]
-    notebook = json.loads((REPO / "notebooks" / "analyze_study.ipynb").read_text())
-    code = ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
-    # Point the first cell at the test study, then run every cell as the notebook would.
-    namespace: dict[str, Any] = {}
-    exec(f"STUDY = 'tiny'\nSTORAGE = 'sqlite:///{folder / 'optuna.db'}'", namespace)
-    for cell in code[1:]:
-        exec(cell, namespace)
-    frame = namespace["frame"]
-    assert len(frame) == 3 and frame.loc[1, "outcome"] == "PRUNED: chance"
-    assert namespace["outcomes"]["FAIL: input"] == 1
-    table = namespace["strategy_table"](frame)
-    assert table["count"].sum() == (frame["outcome"] == "COMPLETE").sum()

@@ -31,7 +31,8 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     # The example config names its weights relative to the working directory, as users run it.
-    (tmp_path / "weights").symlink_to(REPO / "weights")
+    (tmp_path / "spaces").mkdir()
+    (tmp_path / "spaces" / "weights").symlink_to(REPO / "spaces" / "weights")
     return tmp_path
 
 
