@@ -321,10 +321,13 @@ def _with_fixed(space: FineTuneSpace, fixed: Mapping[str, Any]) -> FineTuneSpace
         elif name == "use_l2sp":
             if not isinstance(value, bool):
                 raise _KeyError(key, f"true or false; got {value!r}")
-            if value and not space.l2sp_alpha:
-                raise _KeyError(key, "this space has no l2sp_alpha range; set ranges.l2sp_alpha")
+            if value and not space.l2sp_alpha and "l2sp_alpha" not in fixed:
+                raise _KeyError(key, "this space has no l2sp_alpha; set ranges.l2sp_alpha")
         elif name in FLOAT_RANGES:
             value = _float_range(key, (value, value), log=FLOAT_RANGES[name][1])[0]
+            backbone = get_backbone(space.backbone)
+            if name == "drop_connect_rate" and not backbone.supports_drop_connect:
+                raise _KeyError(key, f"{space.backbone} has no stochastic depth to set")
         elif name in CHOICES:
             _, valid, allowed = CHOICES[name]
             if not valid(value):

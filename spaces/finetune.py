@@ -92,7 +92,7 @@ class FineTuneSpace:
         batch_size = self._categorical(trial, "batch_size", self.batch_sizes)
         weight_decay = (
             self._float(trial, "weight_decay", self.weight_decay, log=True)
-            if self.weight_decay
+            if self._has("weight_decay", self.weight_decay)
             else 0.0
         )
         model: dict[str, Any] = {
@@ -100,7 +100,7 @@ class FineTuneSpace:
             "weights": self.weights,
             "head_dropout": self._float(trial, "head_dropout", self.head_dropout),
         }
-        if self.drop_connect_rate:
+        if self._has("drop_connect_rate", self.drop_connect_rate):
             model["drop_connect_rate"] = self._float(
                 trial, "drop_connect_rate", self.drop_connect_rate
             )
@@ -123,7 +123,9 @@ class FineTuneSpace:
         l2sp_alpha = 0.0
         if unfreeze_blocks > 0:
             phases.append(self._fine_tune_phase(trial, unfreeze_blocks, weight_decay))
-            if self.l2sp_alpha and self._choose(trial, "use_l2sp", (False, True)):
+            if self._has("l2sp_alpha", self.l2sp_alpha) and self._choose(
+                trial, "use_l2sp", (False, True)
+            ):
                 l2sp_alpha = self._float(trial, "l2sp_alpha", self.l2sp_alpha, log=True)
         return TrainConfig.from_dict(
             {
@@ -154,9 +156,16 @@ class FineTuneSpace:
             "freeze_batchnorm": self._categorical(trial, "freeze_bn", self.freeze_bn_choices),
         }
 
-    def _float(self, trial: Suggester, name: str, bounds: FloatRange, *, log: bool = False) -> Any:
+    def _has(self, name: str, bounds: FloatRange | None) -> bool:
+        """Whether an optional float parameter is searched or fixed (else the config default)."""
+        return bounds is not None or name in self.fixed
+
+    def _float(
+        self, trial: Suggester, name: str, bounds: FloatRange | None, *, log: bool = False
+    ) -> Any:
         if name in self.fixed:
             return self.fixed[name]
+        assert bounds is not None, f"{name} is neither searched nor fixed"
         return trial.suggest_float(name, *bounds, log=log)
 
     def _categorical(self, trial: Suggester, name: str, choices: Sequence[Any]) -> Any:
@@ -184,7 +193,7 @@ class FineTuneSpace:
             _range("weight_decay", self.weight_decay, log=True, otherwise=0.0),
             _range("head_dropout", self.head_dropout),
         ]
-        if self.drop_connect_rate:
+        if self._has("drop_connect_rate", self.drop_connect_rate):
             described.append(_range("drop_connect_rate", self.drop_connect_rate))
         described += [
             _choices("augmentation", self.augmentations),
@@ -202,7 +211,7 @@ class FineTuneSpace:
                 _choices("warmup_frac", self.warmup_fractions, fine_tune),
                 _choices("freeze_bn", self.freeze_bn_choices, fine_tune),
             ]
-            if self.l2sp_alpha:
+            if self._has("l2sp_alpha", self.l2sp_alpha):
                 described.append(_choices("use_l2sp", (False, True), fine_tune))
                 if self.fixed.get("use_l2sp", True):
                     described.append(

@@ -689,3 +689,26 @@ def test_the_image_folder_example_runs_its_hand_recipe_and_exports_it(tmp_path: 
     best = load_config(tmp_path / "best.yaml")
     assert best.provenance is not None and best.provenance.trial_number == 0
     assert best.model_copy(update={"provenance": None}) == recorded
+
+
+def test_a_fixed_value_sets_a_parameter_the_base_space_does_not_search(tmp_path: Path) -> None:
+    # The demo space searches no weight decay and no L2-SP: fixing them still applies them.
+    (tmp_path / "study.yaml").write_text(
+        BASE + "fixed:\n  weight_decay: 0.001\n  use_l2sp: true\n  l2sp_alpha: 0.01\n",
+        encoding="utf-8",
+    )
+    space = _space(load_study_file(tmp_path / "study.yaml").spec)
+    params = {k: v for k, v in DEMO_RECIPE.params.items()}
+    config = space.sample(FixedTrial(params), "synthetic:target")
+    assert [phase.weight_decay for phase in config.phases] == [0.001, 0.001]
+    assert config.l2sp_alpha == 0.01
+    fixed = {p.name: p.value for p in space.parameters() if p.role == "fixed"}
+    assert fixed["weight_decay"] == 0.001 and fixed["l2sp_alpha"] == 0.01
+
+
+def test_fixing_drop_connect_on_a_backbone_without_stochastic_depth_names_the_key(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "study.yaml").write_text(BASE + "fixed:\n  drop_connect_rate: 0.2\n")
+    with pytest.raises(ConfigError, match=r"fixed\.drop_connect_rate: MobileNetV3Small has no"):
+        load_study_file(tmp_path / "study.yaml")
