@@ -49,6 +49,7 @@ from search.studies import StudySpec
 from search.study_lock import StudyLock
 from search.study_setup import RunSettings, open_study
 from search.tracking import StudyTracker
+from search.tracking_spool import spool_path
 from search.vocabulary import Reason, TrialAttr
 from search.worker import run_worker
 from trainers.config import TrainConfig
@@ -91,7 +92,11 @@ class Coordinator:
             self.study, self.storage = open_study(spec, settings, identity=self.identity)
             # After the checks above, so that a refused command leaves no parent run RUNNING.
             self.tracker = StudyTracker(
-                settings.tracking_uri, spec.name, storage=self.storage_label
+                settings.tracking_uri,
+                spec.name,
+                storage=self.storage_label,
+                spool=spool_path(settings.output_dir),
+                warn=log,
             )
         self.started_at = time.monotonic()
         self.limits = settings.limits
@@ -364,7 +369,7 @@ class Coordinator:
             f"study {self.spec.name}: {trials_text(spent)} trials finished"
             f"{', continuing' if spent.used else ''} ({budget_text(spent)}); "
             f"storage {self.storage_label}; MLflow "
-            f"{self.settings.tracking_uri} (experiment {self.spec.name!r}); "
+            f"{redact(self.settings.tracking_uri)} (experiment {self.spec.name!r}); "
             f"{self.settings.workers} worker(s)"
         )
         finished = {
@@ -413,6 +418,7 @@ class Coordinator:
                 self.log("stopping: marking running trials (Ctrl-C again to force)")
                 raise KeyboardInterrupt
             self.liveness.sweep(self.study)
+            self.tracker.retry_spooled()
             self._check_failures()
             for slot in self._free_slots():
                 if not self._start_trial(slot):

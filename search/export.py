@@ -25,6 +25,7 @@ from search.study_file import is_study_file, load_study_file
 from search.vocabulary import TrialAttr
 from trainers.config import Provenance, TrainConfig
 from trainers.errors import TrainerInputError
+from trainers.redaction import hide_passwords
 
 
 class ExportError(Exception):
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = best_config(study_name, args.storage)
         path = write_export(config, Path(args.output))
     except (ExportError, StorageError, TrainerInputError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {hide_passwords(str(error))}", file=sys.stderr)
         return 2
     assert config.provenance is not None
     print(

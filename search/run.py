@@ -38,6 +38,7 @@ from trainers.cache_store import GIGABYTE
 from trainers.errors import ModelBuildError, TrainerInputError
 from trainers.image_folder import scan_image_folder
 from trainers.outputs import ensure_writable_folder
+from trainers.redaction import hide_passwords
 from trainers.tracking import check_tracking_uri, resolve_tracking_uri
 
 
@@ -274,13 +275,13 @@ def main(argv: Sequence[str] | None = None, *, worker: WorkerEntry = run_worker)
     try:
         spec, settings = settings_from(args)
     except (UnknownStudyError, StorageError, TrainerInputError, UsageError, SlotError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {hide_passwords(str(error))}", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         summary = run_study(spec, settings, worker=worker)
     except StudyMismatchError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {hide_passwords(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         resume = _resume_command(arguments)

@@ -19,19 +19,15 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
+from trainers.redaction import redact
+
 DEFAULT_STORAGE = "sqlite:///optuna.db"
+
+__all__ = ["DEFAULT_STORAGE", "StorageError", "check_storage_url", "make_storage", "redact"]
 
 
 class StorageError(RuntimeError):
     """The storage URL is malformed or the database cannot be reached."""
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced, safe to print, tag and export."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return url
 
 
 def check_storage_url(url: str) -> None:

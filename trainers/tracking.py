@@ -7,10 +7,12 @@ Browse with `mlflow ui --backend-store-uri sqlite:///mlflow.db`.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,11 +20,12 @@ from typing import Any
 
 from trainers.config import TrainConfig
 from trainers.errors import TrainerInputError
+from trainers.redaction import redact
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 # Per-epoch records carry these as metrics; epoch is the step, the rest are not curves.
-_NOT_METRICS = {"epoch"}
+NOT_METRICS = {"epoch"}
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
@@ -37,13 +40,15 @@ def check_tracking_uri(uri: str) -> None:
     """Fail fast, in one line, before a run or a study starts logging to `uri`."""
     if uri.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):
+            with urllib.request.urlopen(_health_request(uri), timeout=10):
                 return
         except urllib.error.HTTPError:
             return  # it answered: reachable (authentication is MLflow's business)
         except OSError as error:
             reason = getattr(error, "reason", error)
-            raise TrackingError(f"MLflow tracking server {uri} is unreachable: {reason}") from None
+            raise TrackingError(
+                f"MLflow tracking server {redact(uri)} is unreachable: {reason}"
+            ) from None
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
     elif uri.startswith("file:") or "://" not in uri:
@@ -53,8 +58,24 @@ def check_tracking_uri(uri: str) -> None:
         return  # database URIs are checked when MLflow connects
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         raise TrackingError(
-            f"MLflow tracking URI {uri}: folder {folder} is missing or not writable"
+            f"MLflow tracking URI {redact(uri)}: folder {folder} is missing or not writable"
         )
+
+
+def _health_request(uri: str) -> urllib.request.Request:
+    """GET /health; credentials in the URI (`http://user:password@host`) go in a basic-auth
+    header, as MLflow's client sends them (urllib cannot take them in the URL)."""
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port else ""
+    url = urllib.parse.urlunsplit(parts._replace(netloc=netloc)).rstrip("/") + "/health"
+    request = urllib.request.Request(url)
+    if parts.username is not None:
+        user, password = parts.username, parts.password or ""
+        pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+    return request
 
 
 def quiet_mlflow_logging() -> None:
@@ -133,7 +154,7 @@ def log_epoch(client: Any, run_id: str, epoch: int, metrics: Mapping[str, float]
     items = [
         Metric(key, float(value), now, epoch)
         for key, value in metrics.items()
-        if key not in _NOT_METRICS
+        if key not in NOT_METRICS
     ]
     client.log_batch(run_id, metrics=items, synchronous=True)
 

@@ -1,4 +1,5 @@
-"""Fixtures for the search tests: no coordinator a test started outlives it."""
+"""Fixtures for the search tests: no coordinator a test started outlives it; fresh PostgreSQL
+databases (`tests/search/postgres.py`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.search.harness import kill_all
+from tests.search.postgres import databases
+
+__all__ = ["databases"]
 
 
 @pytest.fixture(autouse=True)

@@ -16,10 +16,6 @@ import contextlib
 import csv
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import urllib.error
 import urllib.parse
@@ -36,8 +32,8 @@ from optuna.trial import FrozenTrial, TrialState
 from search.coordinator import run_study
 from search.vocabulary import Reason, TrialAttr
 from spaces.finetune import Suggester
-from tests.conftest import wait_for
 from tests.search.scripted_worker import Script, ScriptedWorker
+from tests.search.servers import free_port, mlflow_server_command, started, wait_until_ready
 from tests.search.tiny_study import enqueued, settings, tiny_space, tiny_spec
 from trainers.config import TrainConfig
 
@@ -45,7 +41,6 @@ from trainers.config import TrainConfig
 pytestmark = pytest.mark.slow
 
 STUDY = "dashboards"
-SERVER_START_SECONDS = 120
 #: What every trial that trained an epoch leaves as its run's artifacts (search/closing.py).
 TRIAL_ARTIFACTS = {"config.yaml", "history.csv", "learning_curves.png", "worker.log"}
 #: Trial number -> the script its worker plays. Trial 0 completes (best 0.9 at epoch 5);
@@ -81,12 +76,6 @@ def three_epochs_a_phase(trial: Suggester, data_source: str) -> TrainConfig:
 # -- HTTP ------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _get(url: str, **query: str) -> bytes:
     if query:
         url = f"{url}?{urllib.parse.urlencode(query)}"
@@ -107,46 +96,6 @@ def _post_json(url: str, body: dict[str, Any]) -> Any:
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (OSError, urllib.error.HTTPError):
-        return False
-
-
-@contextlib.contextmanager
-def _started(command: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `command` (a server) until the block ends; it is always stopped, with its children."""
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            # Its own process group: the MLflow server's uvicorn worker goes with it.
-            start_new_session=True,
-            # MLflow 3's background job runner is not needed here and costs CPU.
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        )
-        try:
-            yield process
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
-
-
-def _wait_until_ready(process: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
-    """Poll until `url` answers 200; fail with the server's log if it exits or never does."""
-    ready = wait_for(lambda: process.poll() is not None or _answers(url), SERVER_START_SECONDS)
-    if not ready or process.poll() is not None:
-        pytest.fail(f"{process.args!r} did not start:\n{log_path.read_text()[-3000:]}")
 
 
 # -- the study -------------------------------------------------------------------------------
@@ -180,13 +129,8 @@ def servers(folder: Path) -> Iterator[Servers]:
     `optuna-dashboard sqlite:///optuna.db`, each on a free port, started side by side (the
     MLflow server takes seconds to create its store). The dashboard is up before the study
     exists, as it would be to follow a study live."""
-    mlflow_port, dashboard_port = _free_port(), _free_port()
-    mlflow_command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-        "--artifacts-destination", str(folder / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-    ]  # fmt: skip
+    mlflow_port, dashboard_port = free_port(), free_port()
+    mlflow_command = mlflow_server_command(folder, mlflow_port)
     dashboard_command = [
         str(Path(sys.executable).with_name("optuna-dashboard")),
         f"sqlite:///{folder / 'optuna.db'}", "--host", "127.0.0.1", "--port", str(dashboard_port),
@@ -194,13 +138,13 @@ def servers(folder: Path) -> Iterator[Servers]:
     urls = Servers(f"http://127.0.0.1:{mlflow_port}", f"http://127.0.0.1:{dashboard_port}")
     with contextlib.ExitStack() as stack:
         mlflow_log, dashboard_log = folder / "mlflow-server.log", folder / "optuna-dashboard.log"
-        mlflow = stack.enter_context(_started(mlflow_command, mlflow_log))
+        mlflow = stack.enter_context(started(mlflow_command, mlflow_log))
         # optuna-dashboard opens an existing storage only (it creates no tables): the storage
         # is there once a study has started, as search.run creates it.
         optuna.storages.RDBStorage(f"sqlite:///{folder / 'optuna.db'}").remove_session()
-        dashboard = stack.enter_context(_started(dashboard_command, dashboard_log))
-        _wait_until_ready(mlflow, f"{urls.mlflow}/health", mlflow_log)
-        _wait_until_ready(dashboard, f"{urls.optuna_dashboard}/api/meta", dashboard_log)
+        dashboard = stack.enter_context(started(dashboard_command, dashboard_log))
+        wait_until_ready(mlflow, f"{urls.mlflow}/health", mlflow_log)
+        wait_until_ready(dashboard, f"{urls.optuna_dashboard}/api/meta", dashboard_log)
         yield urls
 
 

@@ -208,7 +208,13 @@ def test_a_sweep_requeues_a_stale_failure_whose_sweeper_died(tmp_path: Path) -> 
 
 
 def test_a_dead_trial_gets_exactly_one_closed_mlflow_run(tmp_path: Path) -> None:
-    tracker = StudyTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "s", storage="test")
+    tracker = StudyTracker(
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "s",
+        storage="test",
+        spool=tmp_path / "spool.jsonl",
+        warn=lambda line: None,
+    )
     study = optuna.create_study(direction="maximize")
     closer = TrialCloser(
         study, tracker, RetryPolicy(retries=0), limits=Limits(3), log=lambda _: None, started_at=0

@@ -1,0 +1,69 @@
+"""Replay MLflow writes a study kept while its tracking server was away: `python -m search.sync`.
+
+    python -m search.sync --output runs/search/effnet_b4
+    python -m search.sync --output runs/search/effnet_b4 --tracking-uri http://mlflow:5000
+
+A coordinator that could not reach the MLflow server keeps its writes in
+`OUTPUT/mlflow-spool-<host>-<pid>.jsonl` (`search.tracking_spool`) and replays them itself when
+the server answers again; what is left when the study ends is replayed by this command, with
+the original steps and timestamps. A spool emptied is removed, so running it twice writes
+nothing twice; a spool the server still cannot take stays for the next try.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from search.storage import redact
+from search.tracking_spool import SPOOL_PREFIX, replay_spool, server_unreachable
+from trainers.redaction import hide_passwords
+from trainers.tracking import TrackingError, check_tracking_uri, make_client, resolve_tracking_uri
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m search.sync",
+        description="Write a study's spooled MLflow writes to its tracking server.",
+    )
+    parser.add_argument(
+        "--output", required=True, help="the study's output folder (search.run --output)"
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+    args = parser.parse_args(argv)
+    folder = Path(args.output)
+    spools = sorted(folder.glob(f"{SPOOL_PREFIX}*.jsonl"))
+    if not folder.is_dir():
+        print(f"error: {folder} is not a folder", file=sys.stderr)
+        return 2
+    if not spools:
+        print(f"nothing to replay: no {SPOOL_PREFIX}*.jsonl in {folder}")
+        return 0
+    uri = resolve_tracking_uri(args.tracking_uri)
+    try:
+        check_tracking_uri(uri)
+    except TrackingError as error:
+        print(f"error: {hide_passwords(str(error))}", file=sys.stderr)
+        return 2
+    client = make_client(uri)
+    left_total = 0
+    for spool in spools:
+        try:
+            written, left = replay_spool(client, spool)
+        except Exception as error:
+            if not server_unreachable(error):
+                raise
+            written, left = 0, -1
+        left_total += max(left, 0)
+        state = "done, removed" if left == 0 else f"{left} left, kept" if left > 0 else "kept"
+        print(f"{spool.name}: wrote {written} writes to {redact(uri)} ({state})")
+    return 0 if left_total == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
