@@ -17,7 +17,7 @@ is dropped. Each becomes an `Ending`, and `TrialCloser` does the rest in two ste
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,16 +81,35 @@ class Ending:
         return f"{verdict.reason}: {verdict.detail}"[:MAX_LINE_RESULT]
 
 
-def trial_files(folder: Path, config_yaml: str, history: TrainingHistory, title: str) -> list[Path]:
+def trial_files(
+    folder: Path, config_yaml: str, history: TrainingHistory, title: str
+) -> tuple[list[Path], list[str]]:
     """Write a trial's artifacts to `folder`: its config, and its history and learning curves
-    when it trained at least one epoch. The worker's log is already there."""
-    config_file = folder / "config.yaml"
-    config_file.write_text(config_yaml)
-    files = [config_file, folder / "worker.log"]
+    when it trained at least one epoch. The worker's log is already there.
+
+    Returns the files written and why the others were not: a full disk costs the trial its
+    files, never its result."""
+    writers: dict[str, Callable[[Path], object]] = {
+        "config.yaml": lambda path: path.write_text(config_yaml, encoding="utf-8")
+    }
     if len(history):
-        files.append(history.to_csv(folder / "history.csv"))
-        files.append(plot_learning_curves(history, folder / "learning_curves.png", title=title))
-    return files
+        writers["history.csv"] = history.to_csv
+        writers["learning_curves.png"] = lambda path: plot_learning_curves(
+            history, path, title=title
+        )
+    files, failures = [], []
+    for name, write in writers.items():
+        path = folder / name
+        try:
+            write(path)
+            files.append(path)
+        except OSError as error:
+            path.unlink(missing_ok=True)  # no half-written artifact
+            failures.append(f"{name} ({error.strerror or error})")
+    log = folder / "worker.log"
+    if log.is_file() and log.stat().st_size > 0:
+        files.insert(1 if files else 0, log)
+    return files, failures
 
 
 class TrialCloser:

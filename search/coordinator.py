@@ -278,12 +278,17 @@ class Coordinator:
         try:
             # The trial keeps its heartbeat until it is told, so that no peer takes it for dead
             # while its files are written.
-            files = trial_files(
+            files, unwritten = trial_files(
                 active.folder,
                 active.worker_config_yaml or active.config.to_yaml(),
                 history,
                 title=f"{self.spec.name} trial {trial.number}",
             )
+            if unwritten:
+                self.log(
+                    f"warning: trial {trial.number}: artifacts not written to {active.folder}: "
+                    f"{', '.join(unwritten)}; its result and metrics are kept"
+                )
             ending = replace(ending, files=files, seconds=time.monotonic() - active.started)
             # Under the lock, which every stale sweep holds: a trial still RUNNING here cannot
             # be failed by a peer before it is told, nor its run closed twice at once.

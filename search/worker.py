@@ -12,6 +12,7 @@ trial did (`trainers.fit`).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import sys
@@ -41,8 +42,28 @@ if TYPE_CHECKING:
     from trainers.cache_store import CacheProgress
 
 
+class DiskFullTolerantLog(io.TextIOWrapper):
+    """The trial's log file; a line that cannot be written (a full disk) is dropped, so that
+    the trial trains on and reports its result instead of dying on a print."""
+
+    def write(self, text: str) -> int:
+        try:
+            return super().write(text)
+        except OSError:
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            super().flush()
+
+
 def redirect_output(log_path: str) -> None:
-    log = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    try:
+        raw = open(log_path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
+    except OSError:
+        # No room even for the log file's folder: train without a log rather than not at all.
+        raw = open(os.devnull, "ab", buffering=0)  # noqa: SIM115
+    log = DiskFullTolerantLog(raw, encoding="utf-8", line_buffering=True)
     # dup2 the file descriptors too, so TensorFlow's C++ logging lands in the same file.
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)

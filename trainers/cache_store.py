@@ -12,6 +12,7 @@ which the next builder removes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -71,10 +72,19 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
 
+#: What a full disk (or an exhausted quota) raises.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class CacheFullError(OSError):
+    """No room left for a cache entry; the run goes on without that cache."""
+
+
 def cached_entry(root: Path, key: CacheKey, build: Callable[[Path], None]) -> tuple[Path, bool]:
     """The entry for `key` under `root`, built by `build(folder)` if it does not exist yet.
 
-    Returns the entry's folder and whether this call built it.
+    Returns the entry's folder and whether this call built it. A full disk removes the partial
+    entry and raises `CacheFullError`.
     """
     final = root / key.folder_name
     if final.is_dir():
@@ -96,8 +106,12 @@ def cached_entry(root: Path, key: CacheKey, build: Callable[[Path], None]) -> tu
                 encoding="utf-8",
             )
             os.rename(partial, final)
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(partial, ignore_errors=True)
+            if isinstance(error, OSError) and error.errno in DISK_FULL:
+                raise CacheFullError(
+                    error.errno, f"no space left for the {key.kind} cache in {root}"
+                ) from error
             raise
     return final, True
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from trainers.cache_store import CacheProgress, folder_size
+from trainers.cache_store import CacheFullError, CacheProgress, folder_size
 from trainers.config import TrainConfig
 from trainers.cut_cache import PhaseOnCut, phase_on_cut, why_not_on_cut
 from trainers.data import Datasets
@@ -70,9 +70,13 @@ class CachedPhases:
             self.log(f"feature cache not used: {reason}")
             return
         started = time.monotonic()
-        head, folder, built = head_on_features(
-            self.config, self.network, self.datasets, self.cache.folder, self.cache.progress
-        )
+        try:
+            head, folder, built = head_on_features(
+                self.config, self.network, self.datasets, self.cache.folder, self.cache.progress
+            )
+        except CacheFullError as error:
+            self.log(f"feature cache not used: {error.strerror}")
+            return
         # The preprocessing guard drew a batch from the image pipeline, which moved its
         # reshuffle on by one order; draw one from the features too, so both give the same
         # batches.
@@ -108,15 +112,18 @@ class CachedPhases:
         if reason is not None:
             return reason
         started = time.monotonic()
-        on_cut = phase_on_cut(
-            self.config,
-            index,
-            self.network,
-            self.datasets,
-            self.cache.folder,
-            self.cache.budget_bytes,
-            self.cache.progress,
-        )
+        try:
+            on_cut = phase_on_cut(
+                self.config,
+                index,
+                self.network,
+                self.datasets,
+                self.cache.folder,
+                self.cache.budget_bytes,
+                self.cache.progress,
+            )
+        except CacheFullError as error:
+            return str(error.strerror)
         if isinstance(on_cut, PhaseOnCut):
             how = f"computed in {time.monotonic() - started:.1f}s" if on_cut.built else "reused"
             self.log(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,9 +24,9 @@ import numpy as np
 import tensorflow as tf
 
 from trainers.augmentation import make_augmentation
-from trainers.cache_store import CacheProgress
+from trainers.cache_store import CacheFullError, CacheProgress
 from trainers.config import SYNTHETIC_PREFIX, TFDS_PREFIX, TrainConfig
-from trainers.errors import DataError
+from trainers.errors import DataError, DataWarning
 from trainers.image_folder import scan_image_folder, stratified_split
 from trainers.synthetic import GENERATOR_VERSION as SYNTHETIC_GENERATOR_VERSION
 from trainers.synthetic import generate
@@ -108,7 +109,10 @@ def load_datasets(
     if cache_dir is not None:
         from trainers.image_cache import decoded_images
 
-        examples = decoded_images(examples, cache_dir, progress)
+        try:
+            examples = decoded_images(examples, cache_dir, progress)
+        except CacheFullError as error:
+            warnings.warn(f"image cache not used: {error.strerror}", DataWarning, stacklevel=2)
     return batch_examples(config, examples)
 
 
