@@ -45,6 +45,7 @@ from search.reporting import Log, StudySummary, budget_text, epoch_line, finish_
 from search.retry import StudyStoppedError
 from search.stop_signals import StopSignals
 from search.storage import redact
+from search.storage_retry import StorageLostError, StorageRetry
 from search.studies import StudySpec
 from search.study_lock import StudyLock
 from search.study_setup import RunSettings, open_study
@@ -85,11 +86,14 @@ class Coordinator:
         self.worker = worker
         self.storage_label = redact(settings.storage)
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
-        self.lock = StudyLock(settings.storage, spec.name)
+        self.storage_retry = StorageRetry(settings.storage, settings.storage_retry_s, warn=log)
+        self.lock = StudyLock(settings.storage, spec.name, retry=self.storage_retry)
         # Several coordinators may start together on a fresh database: Optuna's table creation,
         # the study, its enqueued trials and the MLflow parent run are made by one at a time.
         with self.lock.held():
-            self.study, self.storage = open_study(spec, settings, identity=self.identity)
+            self.study, self.storage = open_study(
+                spec, settings, identity=self.identity, retry=self.storage_retry
+            )
             # After the checks above, so that a refused command leaves no parent run RUNNING.
             self.tracker = StudyTracker(
                 settings.tracking_uri,
@@ -407,6 +411,12 @@ class Coordinator:
             except StudyStoppedError:
                 self._stop_workers()
                 self._finish(status="FAILED")
+                raise
+            except StorageLostError:
+                # Nothing can be written: end the workers; the trials stay RUNNING in the
+                # storage until the resume fails them as stale and re-runs them.
+                for active in self.active.values():
+                    active.process.kill()
                 raise
             except Exception:
                 # A bug or a lost database/tracking server: keep the stores consistent if we

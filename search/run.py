@@ -30,6 +30,7 @@ from search.pruning import PRUNERS
 from search.retry import RetryPolicy, StudyStoppedError
 from search.slots import SlotError, detect_gpus, parse_gpus, worker_environments
 from search.storage import DEFAULT_STORAGE, StorageError, check_storage_url, redact
+from search.storage_retry import StorageLostError
 from search.studies import STUDIES, StudySpec, UnknownStudyError
 from search.study_file import resolve_study, with_overrides
 from search.study_setup import RunSettings, StudyMismatchError
@@ -152,6 +153,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="stop the study after this many failed trials in a row (default: %(default)s)",
     )
     parallel.add_argument(
+        "--storage-retry-s",
+        type=float,
+        default=RunSettings.storage_retry_s,
+        help="seconds to retry a database that stopped answering before the study stops, "
+        "resumable (default: %(default)s)",
+    )
+    parallel.add_argument(
         "--heartbeat-interval",
         type=int,
         default=RunSettings.heartbeat_interval,
@@ -208,6 +216,8 @@ def settings_from(args: argparse.Namespace) -> tuple[StudySpec, RunSettings]:
         raise UsageError(f"--budget-hours must be positive, got {budget_hours}")
     if args.cache_budget_gb is not None and args.cache_budget_gb < 0:
         raise UsageError(f"--cache-budget-gb must be 0 or more, got {args.cache_budget_gb}")
+    if args.storage_retry_s < 0:
+        raise UsageError(f"--storage-retry-s must be 0 or more, got {args.storage_retry_s}")
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout must be positive, got {args.timeout}")
     check_storage_url(args.storage)
@@ -248,6 +258,7 @@ def settings_from(args: argparse.Namespace) -> tuple[StudySpec, RunSettings]:
         if args.cache_budget_gb is None
         else round(args.cache_budget_gb * GIGABYTE),
         prewarm=args.prewarm,
+        storage_retry_s=args.storage_retry_s,
     )
 
 
@@ -291,6 +302,13 @@ def main(argv: Sequence[str] | None = None, *, worker: WorkerEntry = run_worker)
         return 130
     except StudyStoppedError as error:
         print(f"error: {error}\n  {_resume_command(arguments)}", file=sys.stderr)
+        return 3
+    except StorageLostError as error:
+        print(
+            f"error: {error}; the running trials are re-run on resume. Once the database "
+            f"answers, resume with:\n  {_resume_command(arguments)}",
+            file=sys.stderr,
+        )
         return 3
     except Exception:
         # A bug or a lost server: the traceback matters, and so does how to carry on.

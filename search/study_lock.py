@@ -12,16 +12,23 @@ import fcntl
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy
 from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:
+    from search.storage_retry import StorageRetry
 
 
 class StudyLock:
     """A cross-process, cross-host mutex for one study's bookkeeping."""
 
-    def __init__(self, storage_url: str, study_name: str) -> None:
+    def __init__(
+        self, storage_url: str, study_name: str, *, retry: StorageRetry | None = None
+    ) -> None:
         url = make_url(storage_url)
+        self.retry = retry
         self.key = int.from_bytes(
             hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True
         )
@@ -40,16 +47,17 @@ class StudyLock:
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         if self.engine is not None:
-            with self.engine.connect() as connection:
-                connection.execute(
-                    sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self.key}
-                )
-                try:
-                    yield
-                finally:
+            connection = self.retry.call(self._locked) if self.retry else self._locked()
+            try:
+                yield
+            finally:
+                # A connection lost meanwhile took the lock with it: the server released it.
+                with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
                     connection.execute(
                         sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self.key}
                     )
+                with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                    connection.close()
         elif self.lock_file is not None:
             with self.lock_file.open("a") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
@@ -60,6 +68,17 @@ class StudyLock:
         else:
             # Other databases: no cross-host lock; a single coordinator is always safe.
             yield
+
+    def _locked(self) -> sqlalchemy.Connection:
+        assert self.engine is not None
+        connection = self.engine.connect()
+        try:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
+        except BaseException:
+            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                connection.close()
+            raise
+        return connection
 
     def close(self) -> None:
         if self.engine is not None:

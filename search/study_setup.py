@@ -20,6 +20,7 @@ from search.budget import Limits
 from search.liveness import retry_params
 from search.retry import RetryPolicy
 from search.storage import make_storage, redact
+from search.storage_retry import DEFAULT_STORAGE_RETRY_S, StorageRetry, retry_storage_calls
 from search.studies import EnqueuedTrial, StudySpec
 from search.study_file import study_config
 from search.vocabulary import RENAMED_PARAMS, StudyAttr, TrialAttr
@@ -64,6 +65,9 @@ class RunSettings:
     cache_budget_bytes: int | None = None
     #: Start each slot's next worker process while its current trial trains (`search.prewarm`).
     prewarm: bool = True
+    #: Seconds to wait for a database that stopped answering before the study stops
+    #: (`search.storage_retry`).
+    storage_retry_s: float = DEFAULT_STORAGE_RETRY_S
 
     @property
     def cache_dir(self) -> Path | None:
@@ -75,17 +79,20 @@ class RunSettings:
 
 
 def open_study(
-    spec: StudySpec, settings: RunSettings, *, identity: str
+    spec: StudySpec, settings: RunSettings, *, identity: str, retry: StorageRetry | None = None
 ) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
     """The study (created, or loaded and checked) and its storage; call under the study lock.
 
-    `identity` (host:pid) seeds the sampler of every coordinator but a new study's first.
+    `identity` (host:pid) seeds the sampler of every coordinator but a new study's first;
+    with `retry`, every storage call rides out a lost connection (`search.storage_retry`).
     """
     storage = make_storage(
         settings.storage,
         heartbeat_interval=settings.heartbeat_interval,
         grace_period=settings.grace_period,
     )
+    if retry is not None:
+        retry_storage_calls(storage, retry)
     existing = spec.name in optuna.get_all_study_names(storage)
     # A new study draws from the spec's seed, so a fresh demo is reproducible; every later or
     # concurrent coordinator gets its own seed, or they would all replay the same draws.

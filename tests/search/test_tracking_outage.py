@@ -42,6 +42,8 @@ EPOCHS = (0.5, 0.6, 0.7)
 #: Each scripted epoch "trains" this long, so that the outage falls inside the study.
 SECONDS_PER_EPOCH = 0.6
 OUTAGE_SECONDS = 8.0
+#: The file the outage thread creates once the server answers again.
+BACK = "server-is-back"
 
 
 @dataclass
@@ -103,6 +105,7 @@ def _outage_during_trial_1(server: Server, storage: str, *, back: bool) -> threa
         if back:
             time.sleep(OUTAGE_SECONDS)
             server.start()
+            (server.folder / BACK).touch()  # the waiting trials go on (see _run)
 
     thread = threading.Thread(target=outage, name="outage")
     thread.start()
@@ -116,12 +119,16 @@ def _run(folder: Path, server: Server, *, back: bool) -> tuple[list[str], optuna
     lines: list[str] = []
     thread = _outage_during_trial_1(server, storage, back=back)
     script = Script(accuracies=EPOCHS, seconds_per_epoch=SECONDS_PER_EPOCH)
+    # When the server comes back, the last trials train after it is up (however long it takes
+    # to start on a loaded machine), so that the coordinator replays the spool itself.
+    after_return = replace(script, wait_for_file=str(folder / BACK)) if back else script
+    scripts = {number: after_return for number in range(3, TRIALS)}
     try:
         summary = run_study(
             spec,
             settings(folder, TRIALS, tracking_uri=server.url),
             log=lines.append,
-            worker=ScriptedWorker({}, default=script),
+            worker=ScriptedWorker(scripts, default=script),
         )
     finally:
         thread.join(timeout=180)

@@ -1,0 +1,152 @@
+"""The database connection is cut in the middle of a study: the coordinator waits it out.
+
+A TCP proxy of the test's own (`tests/search/tcp_proxy.py`) stands between the coordinator and
+the shared PostgreSQL server and drops every connection. During a short cut the coordinator
+retries with backoff and carries on when the database answers again: the study ends with
+exactly its target of trials, every epoch reported once, nothing left RUNNING. A cut longer
+than `--storage-retry-s` stops the command with one line and the resume command, and the
+resume completes the study with the same invariants. Workers play scripted epochs
+(tests/search/scripted_worker.py); what is tested is the coordinator's storage traffic.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+
+from search.coordinator import run_study
+from tests.conftest import REPO, wait_for
+from tests.search.harness import check_final_invariants, smoke_command, snapshot
+from tests.search.scripted_worker import Script, ScriptedWorker
+from tests.search.tcp_proxy import CuttableProxy
+from tests.search.tiny_study import settings, tiny_spec
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.faults]
+
+CUT_SECONDS = 8.0
+
+
+@pytest.fixture
+def proxied(databases: tuple[str, str]) -> Iterator[tuple[str, str, CuttableProxy]]:
+    """(direct URL, URL through the proxy, the proxy) of a fresh Optuna database."""
+    direct = make_url(databases[0])
+    proxy = CuttableProxy(direct.host or "127.0.0.1", direct.port or 5432)
+    through = direct.set(host="127.0.0.1", port=proxy.port)
+    # Optuna's tables first: the test polls the database while the coordinator starts, and two
+    # processes creating them at once collide.
+    optuna.storages.RDBStorage(direct.render_as_string(hide_password=False)).engine.dispose()
+    try:
+        yield (
+            direct.render_as_string(hide_password=False),
+            through.render_as_string(hide_password=False),
+            proxy,
+        )
+    finally:
+        proxy.close()
+
+
+def _trials_started(storage: str, name: str, count: int) -> bool:
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        return False
+    return len(optuna.load_study(study_name=name, storage=storage).get_trials()) >= count
+
+
+def test_a_short_cut_is_waited_out_and_every_report_arrives_once(
+    proxied: tuple[str, str, CuttableProxy], tmp_path: Path
+) -> None:
+    direct, through, proxy = proxied
+    target = 6
+
+    def cut_while_trial_1_trains() -> None:
+        assert wait_for(lambda: _trials_started(direct, "cut", 2), 120)
+        time.sleep(0.5)
+        proxy.cut()
+        time.sleep(CUT_SECONDS)
+        proxy.restore()
+
+    cutter = threading.Thread(target=cut_while_trial_1_trains)
+    cutter.start()
+    lines: list[str] = []
+    script = Script(accuracies=(0.5, 0.6, 0.7), seconds_per_epoch=0.5)
+    try:
+        summary = run_study(
+            tiny_spec("cut"),
+            settings(tmp_path, target, storage=through),
+            log=lines.append,
+            worker=ScriptedWorker({}, default=script),
+        )
+    finally:
+        cutter.join(timeout=180)
+    assert proxy.cuts == 1
+    assert summary.finished == target
+    assert sum("does not answer" in line for line in lines) >= 1
+    assert any("answers again after" in line for line in lines)
+    trials = optuna.load_study(study_name="cut", storage=direct).get_trials()
+    assert len(trials) == target
+    for trial in trials:
+        assert trial.state in (TrialState.COMPLETE, TrialState.PRUNED), trial
+        # Every epoch reported, once, at its own step.
+        assert sorted(trial.intermediate_values) == list(
+            range(1, len(trial.intermediate_values) + 1)
+        )
+        assert trial.user_attrs["epochs_spent"] == len(trial.intermediate_values)
+    final = snapshot("cut", direct, f"sqlite:///{tmp_path / 'mlflow.db'}", target)
+    check_final_invariants(final, target)
+
+
+def _command(storage: str, folder: Path) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "SCRIPTED_SECONDS_PER_EPOCH": "0.5",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    args = [
+        *smoke_command(5), "--storage", storage, "--storage-retry-s", "3",
+        "--output", str(folder / "runs"),
+    ]  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.search.scripted_run", *args],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_cut_past_the_retry_limit_stops_with_the_resume_command(
+    proxied: tuple[str, str, CuttableProxy], tmp_path: Path
+) -> None:
+    direct, through, proxy = proxied
+    first = _command(through, tmp_path)
+    try:
+        assert wait_for(lambda: _trials_started(direct, "smoke", 3), 120)
+        proxy.cut()
+        _, stderr = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 3, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "has not answered for" in errors[0], stderr
+    assert "--storage-retry-s 3" in errors[0]
+    assert "python -m search.run --study smoke" in stderr
+    proxy.restore()
+    second = _command(through, tmp_path)
+    _, stderr = second.communicate(timeout=300)
+    assert second.returncode == 0, stderr
+    final = snapshot("smoke", direct, f"sqlite:///{tmp_path / 'mlflow.db'}", 5)
+    check_final_invariants(final, 5)
