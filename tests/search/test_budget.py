@@ -18,7 +18,6 @@ from optuna.trial import TrialState, create_trial
 from search.budget import Limit, Limits, budget
 from search.reporting import budget_text
 from search.vocabulary import TrialAttr
-from tests.conftest import REPO
 from tests.search.harness import CoordinatorProcess, is_finished_line
 
 X = {"x": FloatDistribution(0, 1)}
@@ -93,7 +92,6 @@ def _check_exact(trials: list[optuna.trial.FrozenTrial], epochs: int) -> None:
 def test_two_coordinators_share_an_epoch_budget_exactly_and_a_resume_keeps_it(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "weights").symlink_to(REPO / "weights")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     common = ["--study", "smoke", "--workers", "2", "--storage", storage]
     # Scripted trials of the smoke study play 2 or 3 epochs of 1 s: each coordinator has time

@@ -32,7 +32,6 @@ from search.study_lock import StudyLock
 from search.study_setup import StudyMismatchError
 from search.vocabulary import Reason, StudyAttr, TrialAttr
 from spaces.finetune import Suggester
-from tests.conftest import REPO
 from tests.search.scripted_worker import Script, ScriptedWorker
 from tests.search.tiny_study import enqueued, settings, tiny_space, tiny_spec
 from trainers.config import TrainConfig
@@ -593,7 +592,6 @@ def test_a_resume_with_another_pruner_is_refused(tiny: TinyStudy) -> None:
 def test_the_command_line_chooses_the_pruner(
     tmp_path: Path, tracking_uri: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "weights").symlink_to(REPO / "weights")  # the smoke study's, from the cwd
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     common = ["--study", "smoke", "--storage", storage, "--tracking-uri", tracking_uri]
     assert (

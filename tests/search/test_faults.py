@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import REPO
 from tests.search.harness import (
     CoordinatorProcess,
     check_final_invariants,
@@ -32,7 +31,6 @@ WORKER_FAULTS = "kill@0:1,gpu_oom@1:2,nan@2:1,host_oom@3:1"
 
 def test_injected_worker_faults_are_handled_as_the_policy_says(tmp_path: Path) -> None:
     target = 4
-    (tmp_path / "weights").symlink_to(REPO / "weights")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     coordinator = CoordinatorProcess(
@@ -56,7 +54,6 @@ def test_workers_killed_while_writing_the_cache_cost_one_retry_each(tmp_path: Pa
     cache's lock first dies after writing one chunk, the other then takes the lock, removes
     the partial entry, and dies the same way. Their re-runs build the entries and share them."""
     target = 2
-    (tmp_path / "weights").symlink_to(REPO / "weights")
     coordinator = CoordinatorProcess(
         smoke_command(target),
         tmp_path,

@@ -17,7 +17,6 @@ import pytest
 from optuna.trial import TrialState
 
 from search.vocabulary import TrialAttr
-from tests.conftest import REPO
 from tests.search.harness import (
     CoordinatorProcess,
     check_final_invariants,
@@ -35,7 +34,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 def test_random_coordinator_kills_and_ctrl_c_lose_no_trial(tmp_path: Path) -> None:
     target = 6
     rng = random.Random(20261122)
-    (tmp_path / "weights").symlink_to(REPO / "weights")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     faults = 0

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
 from tests.search.harness import CoordinatorProcess, check_final_invariants, snapshot
 from tests.search.servers import free_port, mlflow_server_command, started, wait_until_ready
 
@@ -42,7 +41,6 @@ def test_three_coordinators_share_one_postgresql_study(
     databases: tuple[str, str], mlflow_server: str, tmp_path: Path
 ) -> None:
     storage = databases[0]
-    (tmp_path / "weights").symlink_to(REPO / "weights")
     coordinators = [
         CoordinatorProcess(
             [

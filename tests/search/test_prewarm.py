@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, wait_for
+from tests.conftest import wait_for
 from tests.search.harness import CoordinatorProcess
 
 SCRIPTED = "tests.search.scripted_run"
@@ -32,7 +32,6 @@ def _standby_pids(output: Path) -> list[int]:
 
 
 def _smoke(tmp_path: Path, n_trials: int, seconds_per_epoch: float) -> CoordinatorProcess:
-    (tmp_path / "weights").symlink_to(REPO / "weights")
     return CoordinatorProcess(
         ["--study", "smoke", "--n-trials", str(n_trials), "--workers", "1"],
         tmp_path,
