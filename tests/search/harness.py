@@ -166,6 +166,15 @@ def snapshot(study_name: str, storage: str, tracking_uri: str, target: int) -> S
     return result
 
 
+def trial_count(storage: optuna.storages.BaseStorage, study_name: str, *, finished: bool) -> int:
+    """Trials of `study_name` so far (0 before it exists), or only the finished ones. Polls
+    pass one storage object, so that they do not open a connection pool per look."""
+    if study_name not in optuna.get_all_study_names(storage):
+        return 0
+    trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
+    return sum(trial.state.is_finished() for trial in trials) if finished else len(trials)
+
+
 def check_final_invariants(final: Snapshot, target: int) -> None:
     """The promises of a finished study, whatever faults it went through."""
     # It reached its target, and nothing is left RUNNING or queued.

@@ -30,6 +30,7 @@ from tests.search.harness import (
     check_final_invariants,
     print_fault_figures,
     snapshot,
+    trial_count,
 )
 from tests.search.servers import free_port, mlflow_server_command, started, wait_until_ready
 from tests.search.tcp_proxy import CuttableProxy
@@ -114,25 +115,19 @@ class Host:
         return code
 
 
-def _finished(storage: str) -> int:
-    if "smoke" not in optuna.get_all_study_names(storage):
-        return 0
-    study = optuna.load_study(study_name="smoke", storage=storage)
-    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-
-
 def test_soak_kills_and_a_database_cut_lose_nothing(
     stores: tuple[str, str, str, CuttableProxy], tmp_path: Path
 ) -> None:
     through, direct, tracking, proxy = stores
     rng = random.Random(20261202)
+    watch = optuna.storages.RDBStorage(direct)
     hosts = [Host(index, through, tracking, tmp_path) for index in range(3)]
     events = ["worker"] * KILLS["worker"] + ["coordinator"] * KILLS["coordinator"]
     rng.shuffle(events)
     done: list[str] = []
     try:
         # The faults start once the study is under way.
-        assert wait_for(lambda: _finished(direct) >= 3, 300)
+        assert wait_for(lambda: trial_count(watch, "smoke", finished=True) >= 3, 300)
         for index, event in enumerate(events):
             time.sleep(rng.uniform(1.0, 2.5))
             if index == len(events) // 2:
@@ -140,7 +135,8 @@ def test_soak_kills_and_a_database_cut_lose_nothing(
                 time.sleep(CUT_SECONDS)
                 proxy.restore()
             # Every fault lands while the study still runs.
-            assert _finished(direct) < TARGET, f"the study ended before fault {index + 1}"
+            ended = trial_count(watch, "smoke", finished=True) >= TARGET
+            assert not ended, f"the study ended before fault {index + 1}"
             if event == "coordinator":
                 rng.choice([host for host in hosts if host.running()]).kill_coordinator()
                 done.append(event)
@@ -152,6 +148,7 @@ def test_soak_kills_and_a_database_cut_lose_nothing(
                 done.append(event)
         codes = [host.finish() for host in hosts]
     finally:
+        watch.engine.dispose()
         for number, host in enumerate(hosts):
             (tmp_path / f"host{number}.log").write_text("\n\n".join(host.logs))
     assert sorted(done) == sorted(events) and proxy.cuts == 1

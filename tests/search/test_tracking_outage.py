@@ -11,6 +11,7 @@ time it was measured, not the time it was replayed.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -30,6 +31,7 @@ from search.sync import main as sync_main
 from search.tracking_spool import SPOOL_PREFIX
 from search.vocabulary import TrialAttr
 from tests.conftest import wait_for
+from tests.search.harness import trial_count
 from tests.search.scripted_worker import Script, ScriptedWorker
 from tests.search.servers import free_port, mlflow_server_command, started, stop, wait_until_ready
 from tests.search.tiny_study import settings, tiny_spec
@@ -41,7 +43,8 @@ TRIALS = 5
 EPOCHS = (0.5, 0.6, 0.7)
 #: Each scripted epoch "trains" this long, so that the outage falls inside the study.
 SECONDS_PER_EPOCH = 0.6
-OUTAGE_SECONDS = 8.0
+#: 8 s in CI; the README's figures for a 60 s outage come from FINETUNE_SEARCH_OUTAGE_S=60.
+OUTAGE_SECONDS = float(os.environ.get("FINETUNE_SEARCH_OUTAGE_S", "8"))
 #: The file the outage thread creates once the server answers again.
 BACK = "server-is-back"
 
@@ -95,12 +98,12 @@ def _outage_during_trial_1(server: Server, storage: str, *, back: bool) -> threa
     """Kill the server once trial 1 has started; start it again OUTAGE_SECONDS later if
     `back`."""
 
-    def second_trial_started() -> bool:
-        study = optuna.load_study(study_name="outage", storage=storage)
-        return len(study.get_trials(deepcopy=False)) >= 2
-
     def outage() -> None:
-        assert wait_for(second_trial_started, 120)
+        watch = optuna.storages.RDBStorage(storage)
+        try:
+            assert wait_for(lambda: trial_count(watch, "outage", finished=False) >= 2, 120)
+        finally:
+            watch.engine.dispose()
         server.kill()
         if back:
             time.sleep(OUTAGE_SECONDS)
