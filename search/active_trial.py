@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.closing import Verdict
-from search.protocol import Failed, Finished, WorkerRequest
+from search.protocol import Epoch, Failed, Finished, WorkerMessage, WorkerRequest
 from search.pruning import EpochView, PruneDecision
 from search.vocabulary import Reason
 from trainers.config import TrainConfig
@@ -53,6 +53,12 @@ class ActiveTrial:
     forced_reason: Reason | None = None
     #: Set when a peer failed the trial as stale while it still ran here.
     taken_over: bool = False
+    #: The worker waits for the answer to the epoch being judged.
+    awaiting_answer: bool = False
+    #: Epochs answered while the study storage was away, still to be reported to Optuna.
+    unreported: list[Epoch] = field(default_factory=list)
+    #: Other messages read while the storage was away, handled when it is back.
+    held: list[WorkerMessage] = field(default_factory=list)
 
     @property
     def history(self) -> TrainingHistory:

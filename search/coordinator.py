@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import multiprocessing
 import os
 import socket
@@ -125,6 +126,8 @@ class Coordinator:
             self.context, worker, os.getpid(), settings.output_dir, enabled=settings.prewarm
         )
         self.active: dict[int, ActiveTrial] = {}
+        # While the database is away, the storage retry lets the workers be answered.
+        self.storage_retry.while_waiting = self._serve_during_outage
         self.stop_signals = StopSignals()
 
     # -- budget and trial start ---------------------------------------------------------------
@@ -208,6 +211,39 @@ class Coordinator:
 
     # -- messages from workers ----------------------------------------------------------------
 
+    def _serve_during_outage(self) -> None:
+        """While the storage is away (called by its retry): answer each worker's epochs from
+        what needs no storage (the collapse rules), so that it keeps training; the epochs are
+        reported to Optuna, and the pruner asked, once the storage is back (`_catch_up`).
+        Other messages, and whatever follows them, wait until then."""
+        for active in list(self.active.values()):
+            if active.awaiting_answer:
+                # The epoch being judged when the storage went: the pruner's word comes with a
+                # later answer.
+                self._answer(active)
+            while not active.pipe_closed and active.connection.poll():
+                try:
+                    message = active.connection.recv()
+                except (EOFError, OSError):
+                    active.pipe_closed = True
+                    break
+                if not isinstance(message, Epoch) or active.held:
+                    active.held.append(message)
+                    continue
+                decision = self._record_epoch(active, message)
+                active.unreported.append(message)
+                if active.prune is None and decision is not None:
+                    active.prune = decision
+                self._answer(active)
+
+    def _answer(self, active: ActiveTrial) -> None:
+        active.awaiting_answer = False
+        reply = Continue() if active.prune is None else Stop(str(active.prune))
+        try:
+            active.connection.send(reply)
+        except OSError:  # the worker died while waiting for us; its exit is handled next
+            active.pipe_closed = True
+
     def _handle(self, active: ActiveTrial, message: WorkerMessage) -> None:
         trial = active.trial
         if isinstance(message, Started):
@@ -218,42 +254,72 @@ class Coordinator:
             trial.set_user_attr(TrialAttr.TRAIN_IMAGES, message.train_count)
             trial.set_user_attr(TrialAttr.VALIDATION_IMAGES, message.validation_count)
         elif isinstance(message, Epoch):
+            active.awaiting_answer = True
             decision = self._on_epoch(active, message)
-            if decision is not None:
+            if active.prune is None and decision is not None:
                 active.prune = decision
-            try:
-                active.connection.send(Continue() if decision is None else Stop(str(decision)))
-            except OSError:  # the worker died while waiting for us; its exit is handled next
-                active.pipe_closed = True
+            if active.awaiting_answer:  # not answered already while the storage was away
+                self._answer(active)
         elif isinstance(message, Finished | Failed):
             active.outcome = message
 
     def _on_epoch(self, active: ActiveTrial, message: Epoch) -> PruneDecision | None:
         """Log and report one epoch; why to stop the trial, or None."""
+        self._catch_up(active)
+        collapse = self._record_epoch(active, message)
+        if collapse is not None and active.prune is None:
+            active.prune = collapse  # the answer, even if the storage goes away below
+        if collapse is not None and collapse.reason == Reason.NAN:
+            return collapse  # a non-finite value never reaches the storage
+        return (
+            self._report(active, message)
+            or collapse
+            or optuna_decision(self.study, self.storage.get_trial(active.trial._trial_id))
+        )
+
+    def _record_epoch(self, active: ActiveTrial, message: Epoch) -> PruneDecision | None:
+        """Keep, log and print one epoch; what the collapse rules say of the curve so far."""
         metrics = message.metrics
         active.records.append({"epoch": message.epoch, **metrics})
         self.tracker.log_epoch(active.run_id, message.epoch, metrics)
         total = active.config.total_epochs
         self.log(epoch_line(active.trial.number, message.epoch, total, metrics))
-        collapse = find_collapse(
+        return find_collapse(
             active.epoch_views,
             num_classes=active.num_classes,
             validation_images=active.validation_images,
             unfreezing_phases=active.config.unfreezing_phases,
             rules=self.spec.rules,
         )
-        if collapse is not None and collapse.reason == Reason.NAN:
-            return collapse  # a non-finite value never reaches the storage
+
+    def _report(self, active: ActiveTrial, message: Epoch) -> PruneDecision | None:
+        """Tell Optuna the epoch's value; TAKEN_OVER if a peer failed the trial meanwhile."""
         try:
-            active.trial.report(float(metrics["val_accuracy"]), step=message.epoch)
+            active.trial.report(float(message.metrics["val_accuracy"]), step=message.epoch)
         except optuna.exceptions.UpdateFinishedTrialError:
             # Another coordinator failed this trial as stale (we looked dead for too long) and
             # queued its re-run; this copy stops and is not told.
             active.taken_over = True
             return PruneDecision(Reason.TAKEN_OVER)
-        if collapse is not None:
-            return collapse
-        return optuna_decision(self.study, self.storage.get_trial(active.trial._trial_id))
+        return None
+
+    def _catch_up(self, active: ActiveTrial) -> None:
+        """Report, in order, the epochs answered while the storage was away; then let the
+        Optuna pruner judge the latest (its decision reaches the worker with its next answer)."""
+        if not active.unreported:
+            return
+        unreported, active.unreported = active.unreported, []
+        for message in unreported:
+            if not math.isfinite(float(message.metrics["val_accuracy"])):
+                continue  # as in _on_epoch: never stored
+            taken_over = self._report(active, message)
+            if taken_over is not None:
+                active.prune = taken_over
+                return
+        if active.prune is None:
+            active.prune = optuna_decision(
+                self.study, self.storage.get_trial(active.trial._trial_id)
+            )
 
     def _is_running(self, trial: optuna.Trial) -> bool:
         """Whether the stored trial is still RUNNING (no peer failed it as stale)."""
@@ -262,6 +328,7 @@ class Coordinator:
     # -- the end of a trial ---------------------------------------------------------------------
 
     def _finalize(self, active: ActiveTrial) -> None:
+        self._catch_up(active)
         if active.process.is_alive():
             active.process.kill()
         active.process.join(timeout=30)
@@ -350,6 +417,8 @@ class Coordinator:
                 self._finalize(active)
 
     def _drain(self, active: ActiveTrial) -> None:
+        while active.held:  # read while the storage was away
+            self._handle(active, active.held.pop(0))
         while not active.pipe_closed and active.connection.poll():
             try:
                 message = active.connection.recv()

@@ -5,12 +5,14 @@ coordinator's storage calls fail with a connection error. `retry_storage_calls` 
 method of the coordinator's `RDBStorage` so that such a call is retried, with backoff from
 0.5 s to 10 s, until it succeeds or `limit_s` seconds have passed since the first failure of
 the outage; then it raises `StorageLostError`, which `search.run` reports in one line with the
-command to resume. While it waits, workers finish their current epoch and wait for its answer;
-nothing is written twice: intermediate values and attributes are upserts, and a tell that did
-commit before its connection broke is recognised when retried (the trial already has that
-state). The one write that cannot be told apart is `ask`'s new trial: if its commit reached
-the database but the answer did not, the retry makes a second trial, which no coordinator
-claims, and the next sweep fails it as stale (it is not counted).
+command to resume. While it waits, it calls `while_waiting` (on the main thread) several times
+a second: the coordinator answers its workers' epochs there, so they keep training, and reports
+those epochs to Optuna once the database is back. Nothing is written twice: intermediate values
+and attributes are upserts, and a tell that did commit before its connection broke is
+recognised when retried (the trial already has that state). The one write that cannot be told
+apart is `ask`'s new trial: if its commit reached the database but the answer did not, the
+retry makes a second trial, which no coordinator claims, and the next sweep fails it as stale
+(it is not counted).
 
 Errors that are not about the connection (an integrity error, a bug) are raised at once.
 """
@@ -33,6 +35,8 @@ from trainers.redaction import redact
 DEFAULT_STORAGE_RETRY_S = 300.0
 FIRST_WAIT_S = 0.5
 LONGEST_WAIT_S = 10.0
+#: How often the workers are answered while the storage is away.
+SERVE_EVERY_S = 0.2
 
 Call = TypeVar("Call", bound=Callable[..., Any])
 
@@ -65,6 +69,8 @@ class StorageRetry:
         self._local = threading.local()
         self._outage_started: float | None = None
         self._guard = threading.Lock()
+        #: Called between attempts on the main thread (never inside itself).
+        self.while_waiting: Callable[[], None] | None = None
 
     def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if getattr(self._local, "inside", False):
@@ -95,12 +101,23 @@ class StorageRetry:
                         f"{lost_for:.0f}s (--storage-retry-s {self.limit_s:g}): "
                         f"{type(error).__name__}"
                     ) from error
-                time.sleep(min(wait, self.limit_s - lost_for))
+                self._pause(min(wait, self.limit_s - lost_for))
                 wait = min(wait * 2, LONGEST_WAIT_S)
                 retried = True
                 continue
             self._answered()
             return result
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep `seconds`, calling `while_waiting` every `SERVE_EVERY_S` on the main thread."""
+        hook = self.while_waiting
+        if hook is None or threading.current_thread() is not threading.main_thread():
+            time.sleep(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            hook()
+            time.sleep(min(SERVE_EVERY_S, left))
 
     def _lost_for(self, error: BaseException) -> float:
         with self._guard:

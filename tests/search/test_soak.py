@@ -99,6 +99,10 @@ class Host:
         self.drain.join(timeout=60)
         self.logs.append(self.process.output)
         self.start()  # the user runs the same command again
+        # Its start checks the database (one `error:` line if it cannot reach it, as for a
+        # user); the cut comes once it has joined the study.
+        lines = self.process.lines
+        assert wait_for(lambda: any(line.startswith("study smoke:") for line in lines), 120)
 
     def kill_worker(self, rng: random.Random) -> bool:
         with contextlib.suppress(psutil.NoSuchProcess):
