@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext
@@ -59,6 +59,16 @@ class ActiveTrial:
     unreported: list[Epoch] = field(default_factory=list)
     #: Other messages read while the storage was away, handled when it is back.
     held: list[WorkerMessage] = field(default_factory=list)
+
+    def received(self) -> Iterator[WorkerMessage]:
+        """What the worker has sent so far, in order; marks the pipe closed at its end."""
+        while not self.pipe_closed and self.connection.poll():
+            try:
+                message = self.connection.recv()
+            except (EOFError, OSError):
+                self.pipe_closed = True
+                return
+            yield message
 
     @property
     def history(self) -> TrainingHistory:

@@ -221,12 +221,7 @@ class Coordinator:
                 # The epoch being judged when the storage went: the pruner's word comes with a
                 # later answer.
                 self._answer(active)
-            while not active.pipe_closed and active.connection.poll():
-                try:
-                    message = active.connection.recv()
-                except (EOFError, OSError):
-                    active.pipe_closed = True
-                    break
+            for message in active.received():
                 if not isinstance(message, Epoch) or active.held:
                     active.held.append(message)
                     continue
@@ -419,12 +414,7 @@ class Coordinator:
     def _drain(self, active: ActiveTrial) -> None:
         while active.held:  # read while the storage was away
             self._handle(active, active.held.pop(0))
-        while not active.pipe_closed and active.connection.poll():
-            try:
-                message = active.connection.recv()
-            except (EOFError, OSError):
-                active.pipe_closed = True
-                break
+        for message in active.received():
             self._handle(active, message)
 
     def _check_failures(self) -> None:

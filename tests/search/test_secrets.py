@@ -12,9 +12,6 @@ copies) and every study and trial attribute in the Optuna storage.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -22,23 +19,10 @@ import optuna
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import REPO
 from tests.search.servers import free_port, mlflow_server_command, started, wait_until_ready
+from tests.search.test_cli import _run
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
-
-
-def _run(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def _files_holding(secret: str, folder: Path) -> list[Path]:
