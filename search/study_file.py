@@ -32,6 +32,7 @@ from trainers.config import (
     AugmentationPolicy,
     TrainConfig,
     load_config,
+    read_text_file,
 )
 from trainers.config_messages import describe_validation_error
 from trainers.errors import ConfigError
@@ -138,12 +139,7 @@ def resolve_study(argument: str) -> LoadedStudy:
 
 
 def load_study_file(path: Path) -> LoadedStudy:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such study file") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read study file: {error}") from None
+    text = read_text_file(path, "study")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:

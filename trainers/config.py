@@ -32,6 +32,7 @@ __all__ = [
     "SyntheticData",
     "TrainConfig",
     "load_config",
+    "read_text_file",
     "save_config",
 ]
 
@@ -300,14 +301,18 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 
 def load_config(path: str | Path) -> TrainConfig:
     """Read a YAML config file; every problem is a ConfigError that names the file."""
-    path = Path(path)
+    return TrainConfig.from_yaml(read_text_file(Path(path), "config"), origin=str(path))
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The text of a config-like file; a missing or unreadable one is a ConfigError naming it
+    (`what` says what kind: "config", "study")."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
+        raise ConfigError(f"{path}: no such {what} file") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read config: {error}") from None
-    return TrainConfig.from_yaml(text, origin=str(path))
+        raise ConfigError(f"{path}: cannot read {what} file: {error}") from None
 
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:
