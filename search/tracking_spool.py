@@ -185,6 +185,15 @@ def execute(client: Any, operation: Operation, run_ids: Mapping[str, str]) -> st
     if op == "alias":
         return None
     if op == "create_run":
+        # The server may have created it before the connection broke (the answer was lost):
+        # the same name and start time are that run.
+        existing = client.search_runs(
+            [operation["experiment_id"]],
+            filter_string=f"attributes.run_name = '{operation['run_name']}' and "
+            f"attributes.start_time = {operation['start_time']}",
+        )
+        if existing:
+            return str(existing[0].info.run_id)
         run = client.create_run(
             operation["experiment_id"],
             start_time=operation["start_time"],
