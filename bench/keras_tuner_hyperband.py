@@ -1,113 +1,59 @@
-"""KerasTuner's Hyperband over the project's space, training with the project's trainer.
+"""KerasTuner's Hyperband over the project's space, as the KerasTuner engine runs it.
 
-The competitor of `bench.search_quality`, as a user of KerasTuner would set it up: a generic
-`keras_tuner.Hyperband` (its own oracle: random configurations, brackets, rounds, successive
-halving), objective `val_accuracy`, given the same space and data as the project's studies. Its
-trials run `bench.trials.train`, so an epoch costs the same as the project's:
+The competitor of `bench.search_quality`: `search.run --engine keras-tuner --oracle hyperband`
+in one process. The same pieces as the engine, with the trials trained here (`bench.trials`)
+instead of in worker processes, so that an epoch costs what it costs every other system:
 
-- the space is the project's own `FineTuneSpace`, asked through `HyperParametersSuggester`, an
-  adapter from Optuna-style `suggest_*` calls to `keras_tuner.HyperParameters` (a fine-tune
-  parameter is declared when a trial first asks for it, as KerasTuner's dynamic spaces do);
-- a trial trains its configuration and stops after `tuner/epochs` global epochs (Hyperband's
-  budget for that round); its score is its best validation accuracy, as KerasTuner scores
-  epochs;
-- a trial that continues an earlier round's trial (`tuner/trial_id`) would, in KerasTuner's own
-  Hyperband, reload that trial's checkpoint and train from `tuner/initial_epoch`. The project's
-  trainer cannot resume inside a run, so it is trained again from the start with the same seed
-  (the same epochs again, then more) and **charged only what the native resume costs**:
-  `tuner/epochs - tuner/initial_epoch` epochs and that share of its seconds.
+- the oracle is the engine's (`search.keras_tuner_oracle.OracleServer`): KerasTuner's
+  `HyperbandOracle` with the space declared in conditional scopes, its trials turned into
+  configs by `KerasTunerSuggester`;
+- a trial trains its round's window of epochs (`search.keras_tuner_engine.round_window`); one
+  that continues an earlier round's trial starts from that trial's best-epoch weights after
+  `tuner/initial_epoch`, as KerasTuner's own Hyperband does, so it is charged only the epochs
+  it trains;
+- the collapse rules judge every epoch, as in the engine, and the oracle is told each result as
+  the engine tells it (`oracle_result`): a pruned trial with its best epoch so far. A pruned
+  trial's value does not count for the benchmark, as `search.export` would not export it.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+
+from optuna.trial import TrialState
 
 from bench.trials import TrainedTrial, TrialData, train
-from search.pruning import EpochView
+from search.keras_tuner_engine import oracle_result, round_window
+from search.keras_tuner_oracle import EndTrial, NextTrial, OracleServer, OracleSettings
+from search.pruning import CollapseRules, EpochView, find_collapse
 from spaces.finetune import FineTuneSpace
 from trainers.config import TrainConfig
-
-
-class HyperParametersSuggester:
-    """Optuna's `suggest_*` calls, answered by a `keras_tuner.HyperParameters`."""
-
-    def __init__(self, hp: Any) -> None:
-        self.hp = hp
-
-    def suggest_float(
-        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
-    ) -> float:
-        sampling = "log" if log else "linear"
-        return float(self.hp.Float(name, low, high, step=step, sampling=sampling))
-
-    def suggest_int(
-        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
-    ) -> int:
-        return int(self.hp.Int(name, low, high, step=step, sampling="log" if log else "linear"))
-
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        return self.hp.Choice(name, list(choices))
-
-
-class _Declaring:
-    """Walks the space once, declaring each parameter it asks for in a `HyperParameters` and
-    answering so that the walk enters every branch (the deepest unfreeze level, `forced`
-    choices, the last choice otherwise)."""
-
-    def __init__(self, hp: Any, forced: dict[str, Any]) -> None:
-        self.hp = hp
-        self.forced = forced
-
-    def suggest_float(
-        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
-    ) -> float:
-        return HyperParametersSuggester(self.hp).suggest_float(name, low, high, step=step, log=log)
-
-    def suggest_int(
-        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
-    ) -> int:
-        HyperParametersSuggester(self.hp).suggest_int(name, low, high, step=step, log=log)
-        return high
-
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        self.hp.Choice(name, list(choices))
-        return self.forced.get(name, choices[-1])
-
-
-def declare_space(space: FineTuneSpace, data_source: str) -> Any:
-    """Every parameter of `space` as a KerasTuner `HyperParameters`, declared up front.
-
-    KerasTuner's oracles sample only what is declared before a trial starts, and a space asks
-    for its fine-tune parameters only when blocks are unfrozen; so each is declared here, once
-    per fine-tune optimizer (each has its own learning-rate range). All of them are sampled in
-    every trial, and a configuration ignores the ones it does not use, as a `build` function
-    that declares everything does; Hyperband samples at random, so this biases nothing.
-    """
-    import keras_tuner
-
-    hp = keras_tuner.HyperParameters()
-    for optimizer in space.ft_optimizers:
-        space.sample(_Declaring(hp, {"ft_optimizer": optimizer}), data_source)
-    return hp
+from trainers.epoch_window import EpochWindow
 
 
 @dataclass(frozen=True)
 class HyperbandTrial:
     """One KerasTuner trial as the benchmark counts it."""
 
-    params: dict[str, Any]
+    params: dict[str, object]
     trained: TrainedTrial
-    #: Epochs and seconds charged: what KerasTuner's own Hyperband would have spent.
-    epochs: int
-    seconds: float
     continues: bool
 
     @property
-    def best(self) -> float:
-        return self.trained.best
+    def epochs(self) -> int:
+        return len(self.trained.epochs)
+
+    @property
+    def seconds(self) -> float:
+        return self.trained.seconds
+
+    @property
+    def value(self) -> float | None:
+        """Its best validation accuracy; None when the collapse rules pruned it."""
+        return None if self.trained.stopped_by is not None else self.trained.best
 
 
 def run_keras_tuner_hyperband(
@@ -116,50 +62,68 @@ def run_keras_tuner_hyperband(
     *,
     max_epochs: int,
     seed: int,
+    rules: CollapseRules,
     factor: int = 3,
     on_trial: Callable[[HyperbandTrial], None] = lambda _trial: None,
 ) -> list[HyperbandTrial]:
     """Run one Hyperband iteration (every bracket once) and return its trials in order."""
-    import keras_tuner
-
     trials: list[HyperbandTrial] = []
-
-    class ProjectTrainerHyperband(keras_tuner.Hyperband):
-        def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
-            hp = trial.hyperparameters
-            config: TrainConfig = space.sample(HyperParametersSuggester(hp), data_source)
-            until = int(hp.values["tuner/epochs"])
-            initial = int(hp.values["tuner/initial_epoch"])
-
-            def stop_at_round_end(epochs: tuple[EpochView, ...], _data: TrialData) -> str | None:
-                return "round_end" if len(epochs) >= until else None
-
-            trained = train(config, stop_at_round_end)
-            continues = "tuner/trial_id" in hp.values
-            run = len(trained.epochs)
-            charged = max(0, run - initial) if continues else run
-            counted = HyperbandTrial(
-                params={k: v for k, v in hp.values.items() if not k.startswith("tuner/")},
-                trained=trained,
-                epochs=charged,
-                seconds=trained.seconds * (charged / run if run else 0.0),
-                continues=continues,
+    with tempfile.TemporaryDirectory(prefix="keras-tuner-") as folder:
+        oracle = OracleServer(
+            OracleSettings(
+                oracle="hyperband",
+                folder=folder,
+                project="bench",
+                space=space,
+                data_source=data_source,
+                seed=seed,
+                max_trials=None,
+                retries=0,
+                factor=factor,
+                max_epochs=max_epochs,
             )
+        )
+        best_weights: dict[str, Path] = {}
+        while True:
+            proposed = oracle.next_trial(NextTrial("bench"))
+            if proposed.status != "RUNNING":  # one trial at a time: never IDLE
+                break
+            assert proposed.config_yaml is not None, proposed.error
+            config = TrainConfig.from_yaml(proposed.config_yaml)
+            window = round_window(proposed.values)
+            assert window is not None
+            weights = Path(folder) / f"{proposed.trial_id}.weights.h5"
+            start = best_weights.get(window.continued) if window.continued else None
+            epochs = EpochWindow(
+                after_epoch=window.after_epoch if start is not None else 0,
+                until_epoch=window.until_epoch,
+                initial_weights=start,
+            )
+            trained = train(config, _collapse_judge(config, rules), window=epochs, save=weights)
+            if weights.is_file():
+                best_weights[proposed.trial_id] = weights
+            state = TrialState.COMPLETE if trained.stopped_by is None else TrialState.PRUNED
+            result = oracle_result(state, trained.stopped_by or "", trained.best)
+            oracle.end_trial(EndTrial(proposed.trial_id, result.status, result.value))
+            counted = HyperbandTrial(dict(proposed.params), trained, start is not None)
             trials.append(counted)
             on_trial(counted)
-            return {"val_accuracy": trained.best}
-
-    with tempfile.TemporaryDirectory(prefix="keras-tuner-") as folder:
-        tuner = ProjectTrainerHyperband(
-            objective=keras_tuner.Objective("val_accuracy", direction="max"),
-            hyperparameters=declare_space(space, data_source),
-            max_epochs=max_epochs,
-            factor=factor,
-            hyperband_iterations=1,
-            seed=seed,
-            directory=folder,
-            project_name="bench",
-            overwrite=True,
-        )
-        tuner.search(verbose=0)
     return trials
+
+
+def _collapse_judge(
+    config: TrainConfig, rules: CollapseRules
+) -> Callable[[tuple[EpochView, ...], TrialData], str | None]:
+    """The collapse rules on a trial's epochs so far, as the coordinator applies them."""
+
+    def judge(epochs: tuple[EpochView, ...], data: TrialData) -> str | None:
+        collapse = find_collapse(
+            epochs,
+            num_classes=data.num_classes,
+            validation_images=data.validation_images,
+            unfreezing_phases=config.unfreezing_phases,
+            rules=rules,
+        )
+        return None if collapse is None else str(collapse.reason)
+
+    return judge

@@ -5,8 +5,10 @@ one generated task, fine-tuned on a task whose classes are where an object sits 
 is, which pretraining taught it to ignore: heads stay at 15 to 25%, and the fine-tuning
 strategy decides, `bench.corpus`):
 
-- `keras-tuner hyperband`: KerasTuner's Hyperband over the same space and data
-  (`bench.keras_tuner_hyperband`), one iteration of every bracket. Its epochs set the budget.
+- `keras-tuner hyperband`: the KerasTuner engine (`search.run --engine keras-tuner`) with its
+  Hyperband oracle over the same space and data (`bench.keras_tuner_hyperband`), one iteration
+  of every bracket: the same trainer, collapse rules and epoch windows as the engine, a
+  continued trial starting from its earlier round's weights. Its epochs set the budget.
 - `study + median`, `study + asha`, `study + hyperband`: this project's study as `search.run`
   runs it (the demo study's TPE sampler, its enqueued recipes first, the collapse rules, then
   the Optuna pruner), starting trials until it has spent the budget; and the study with the
@@ -18,7 +20,7 @@ strategy decides, `bench.corpus`):
 Every trial trains with the project's trainer in this process (`bench.trials`), so an epoch
 costs every system the same. A system's result at a budget is what it would export: its best
 counted trial among those finished within that many epochs (a pruned trial's value never
-counts; KerasTuner counts every trial's score, as its `get_best_hyperparameters` does).
+counts, whichever engine pruned it).
 
 It prints one line per trial, a table (best at the budget, final best, epochs and wall seconds
 spent, trials; per seed, then mean and spread per system), writes the anytime curves (best so
@@ -274,14 +276,22 @@ def run_seed(
             data_source,
             max_epochs=mode.max_epochs,
             seed=seed,
+            rules=_study_spec(get_study_spec("demo").pruner, space).rules,
             on_trial=lambda t: progress(
-                f"    {'continued' if t.continues else 'new'} trial: {len(t.trained.epochs)} "
-                f"epochs trained, {t.epochs} charged, best {t.best:.3f}, {t.seconds:.0f} s "
-                "charged"
+                f"    {'continued' if t.continues else 'new'} trial: {t.epochs} epochs, best "
+                f"{t.trained.best:.3f}"
+                + (f", pruned: {t.trained.stopped_by}" if t.trained.stopped_by else "")
+                + f", {t.seconds:.0f} s"
             ),
         )
         charged = tuple(
-            SearchTrial(t.epochs, t.seconds, t.best, "hyperband round") for t in hyperband
+            SearchTrial(
+                t.epochs,
+                t.seconds,
+                t.value,
+                "hyperband round" if t.value is not None else f"pruned: {t.trained.stopped_by}",
+            )
+            for t in hyperband
         )
         keras_tuner = SystemRun(KERAS_TUNER, seed, charged)
         record(keras_tuner)

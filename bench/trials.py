@@ -15,9 +15,14 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from search.pruning import EpochView
 from trainers.config import TrainConfig
+
+if TYPE_CHECKING:
+    from trainers.epoch_window import EpochWindow
 
 
 @dataclass(frozen=True)
@@ -60,11 +65,20 @@ def _go_on(_epochs: tuple[EpochView, ...], _data: TrialData) -> None:
     return None
 
 
-def train(config: TrainConfig, judge: Judge = _go_on) -> TrainedTrial:
-    """Train `config` with the project's trainer, asking `judge` after every epoch."""
+def train(
+    config: TrainConfig,
+    judge: Judge = _go_on,
+    *,
+    window: EpochWindow | None = None,
+    save: Path | None = None,
+) -> TrainedTrial:
+    """Train `config` with the project's trainer, asking `judge` after every epoch; only the
+    epochs of `window`, from its weights, when given; its best epoch's weights go to `save`
+    when it trained any."""
     import keras
 
     from trainers.data import load_datasets
+    from trainers.epoch_window import EVERY_EPOCH
     from trainers.fit import fit
 
     began = time.monotonic()
@@ -81,6 +95,14 @@ def train(config: TrainConfig, judge: Judge = _go_on) -> TrainedTrial:
             stopped_by.append(reason)
         return reason
 
-    fit(config, report=report, datasets=datasets, log=lambda _message: None)
+    result = fit(
+        config,
+        report=report,
+        datasets=datasets,
+        log=lambda _message: None,
+        window=window or EVERY_EPOCH,
+    )
+    if save is not None and epochs:
+        result.model.save_weights(save)
     seconds = time.monotonic() - began
     return TrainedTrial(tuple(epochs), seconds, next(iter(stopped_by), None), data)

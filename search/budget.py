@@ -39,6 +39,8 @@ class Limit(StrEnum):
     EPOCHS = "epochs"
     HOURS = "hours"
     TIMEOUT = "timeout"
+    #: The engine's own search ended (KerasTuner's oracle: Hyperband's brackets, max_trials).
+    SEARCH = "search"
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,12 @@ class Limits:
     trials: int | None
     epochs: int | None = None
     hours: float | None = None
+    #: The engine ends the study itself (KerasTuner's Hyperband): no limit is needed.
+    engine_ends: bool = False
 
     def __post_init__(self) -> None:
-        if self.trials is None and self.epochs is None and self.hours is None:
+        unbounded = self.trials is None and self.epochs is None and self.hours is None
+        if unbounded and not self.engine_ends:
             raise ValueError("a study needs a trial target or a compute budget")
 
 

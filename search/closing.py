@@ -62,6 +62,8 @@ class Ending:
     #: none (a trial that never reached a worker, or whose coordinator died first).
     run_id: str | None = None
     best_epoch: int | None = None
+    #: The best finite validation accuracy it reached, however it ended.
+    best_value: float | None = None
     epochs_run: int = 0
     files: Sequence[Path] = ()
     seconds: float = 0.0
@@ -124,8 +126,14 @@ class TrialCloser:
         limits: Limits,
         log: Log,
         started_at: float,
+        study_requeues: bool = True,
+        told: Callable[[Ending], bool | None] = lambda _ending: None,
     ) -> None:
         self.study = study
+        #: Whether a retryable failure is queued again in the study (False: the engine, told
+        #: through `told`, queues it itself and says so).
+        self.study_requeues = study_requeues
+        self.told = told
         self.limits = limits
         self.tracker = tracker
         self.retry = retry
@@ -143,7 +151,7 @@ class TrialCloser:
         verdict = ending.verdict
         retried = verdict.state == TrialState.FAIL and self._retry_if_allowed(ending)
         if trial is None:
-            return retried
+            return self._tell_engine(ending, retried)
         trial.set_user_attr(TrialAttr.EPOCHS_SPENT, ending.epochs_run)
         trial.set_user_attr(TrialAttr.SECONDS_SPENT, round(ending.seconds, 1))
         if verdict.state == TrialState.COMPLETE:
@@ -166,7 +174,12 @@ class TrialCloser:
             trial.set_user_attr(TrialAttr.FAIL_REASON, verdict.reason)
             trial.set_user_attr(TrialAttr.FAIL_DETAIL, verdict.detail[:MAX_DETAIL_ATTR])
             self.study.tell(trial, state=TrialState.FAIL)
-        return retried
+        return self._tell_engine(ending, retried)
+
+    def _tell_engine(self, ending: Ending, retried: bool) -> bool:
+        """After the study: the engine hears the result (it may queue the re-run itself)."""
+        queued = self.told(ending)
+        return retried if queued is None else queued
 
     def publish(self, ending: Ending, *, retried: bool) -> None:
         """Close the trial's MLflow run(s), count the outcome and print the line."""
@@ -223,11 +236,15 @@ class TrialCloser:
     def needs_rerun(self, trial: FrozenTrial) -> bool:
         """Whether a trial failed as stale still lacks the re-run the policy wants for it (its
         sweeper died before queueing one)."""
+        if not self.study_requeues:
+            return False
         return self.retry.should_retry(Reason.STALE_HEARTBEAT, trial.user_attrs) and not (
             is_retried(self.study, trial.number)
         )
 
     def _retry_if_allowed(self, ending: Ending) -> bool:
+        if not self.study_requeues:
+            return False
         if not self.retry.should_retry(ending.verdict.reason, ending.user_attrs):
             return False
         if is_retried(self.study, ending.number):

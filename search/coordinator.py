@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import socket
 import time
-import warnings
 from dataclasses import replace
 from multiprocessing.connection import wait
 from typing import Any
@@ -29,6 +28,8 @@ from optuna.trial import FrozenTrial, TrialState
 from search.active_trial import ActiveTrial, WorkerEntry, judge, spawn_worker
 from search.budget import Limit, budget
 from search.closing import Ending, TrialCloser, Verdict, trial_files
+from search.engines import WAIT, Engine, OptunaEngine, Proposal, Wait
+from search.keras_tuner_engine import BEST_WEIGHTS, KerasTunerEngine
 from search.liveness import Liveness, retry_params
 from search.prewarm import Standbys
 from search.protocol import (
@@ -41,7 +42,7 @@ from search.protocol import (
     WorkerMessage,
     WorkerRequest,
 )
-from search.pruning import PruneDecision, find_collapse, optuna_decision
+from search.pruning import PruneDecision, find_collapse
 from search.reporting import Log, StudySummary, budget_text, epoch_line, finish_study, trials_text
 from search.retry import StudyStoppedError
 from search.stop_signals import StopSignals
@@ -54,7 +55,6 @@ from search.tracking import StudyTracker
 from search.tracking_spool import spool_path
 from search.vocabulary import Reason, TrialAttr
 from search.worker import run_worker
-from trainers.config import TrainConfig
 from trainers.errors import TrainerInputError
 
 
@@ -68,6 +68,22 @@ def _seconds_between(start: datetime.datetime | None, end: datetime.datetime | N
 
 def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def make_engine(spec: StudySpec, settings: RunSettings, *, identity: str, log: Log) -> Engine:
+    """The engine `settings` chooses (`--engine`, `--oracle`)."""
+    if settings.engine.name == "optuna":
+        return OptunaEngine(spec, settings.data_source)
+    return KerasTunerEngine(
+        spec,
+        settings.engine,
+        data_source=settings.data_source,
+        output_dir=settings.output_dir,
+        n_trials=settings.n_trials,
+        retry=settings.retry,
+        identity=identity,
+        log=log,
+    )
 
 
 class Coordinator:
@@ -89,20 +105,31 @@ class Coordinator:
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.storage_retry = StorageRetry(settings.storage, settings.storage_retry_s, warn=log)
         self.lock = StudyLock(settings.storage, spec.name, retry=self.storage_retry)
-        # Several coordinators may start together on a fresh database: Optuna's table creation,
-        # the study, its enqueued trials and the MLflow parent run are made by one at a time.
-        with self.lock.held():
-            self.study, self.storage = open_study(
-                spec, settings, identity=self.identity, retry=self.storage_retry
-            )
-            # After the checks above, so that a refused command leaves no parent run RUNNING.
-            self.tracker = StudyTracker(
-                settings.tracking_uri,
-                spec.name,
-                storage=self.storage_label,
-                spool=spool_path(settings.output_dir),
-                warn=log,
-            )
+        self.engine = make_engine(spec, settings, identity=self.identity, log=log)
+        try:
+            # Several coordinators may start together on a fresh database: Optuna's table
+            # creation, the study, its enqueued trials and the MLflow parent run are made by
+            # one at a time.
+            with self.lock.held():
+                self.study, self.storage = open_study(
+                    spec,
+                    settings,
+                    identity=self.identity,
+                    engine=self.engine,
+                    retry=self.storage_retry,
+                )
+                # After the checks above, so that a refused command leaves no parent run
+                # RUNNING.
+                self.tracker = StudyTracker(
+                    settings.tracking_uri,
+                    spec.name,
+                    storage=self.storage_label,
+                    spool=spool_path(settings.output_dir),
+                    warn=log,
+                )
+        except BaseException:
+            self.engine.close()
+            raise
         self.started_at = time.monotonic()
         self.limits = settings.limits
         self.closer = TrialCloser(
@@ -112,6 +139,8 @@ class Coordinator:
             limits=self.limits,
             log=log,
             started_at=self.started_at,
+            study_requeues=self.engine.study_requeues,
+            told=self.engine.told,
         )
         self.liveness = Liveness(
             self.storage,
@@ -136,48 +165,49 @@ class Coordinator:
         timeout = self.settings.timeout
         return timeout is not None and time.monotonic() - self.started_at >= timeout
 
-    def _ask_within_budget(self) -> tuple[optuna.Trial, TrainConfig | TrainerInputError] | None:
+    def _ask_within_budget(self) -> Proposal | Wait | None:
         """A new trial and its config (or why the space could not make one) if the study's
-        budget still has room, counting every coordinator."""
+        budget still has room, counting every coordinator; WAIT if the engine has none until
+        a running trial ends."""
         if self._timed_out():
             return None
         with self.lock.held():
             if budget(self.study, self.limits).exhausted() is not None:
                 return None
-            with warnings.catch_warnings():
-                # Optuna expects heartbeats with Study.optimize; we send them ourselves.
-                warnings.simplefilter("ignore", UserWarning)
-                trial = self.study.ask()
-            self.liveness.claim(trial, self.identity)
-            try:
-                config = self._config_of(trial)
-            except TrainerInputError as error:
-                return trial, error
-            # Still under the lock: a peer that counts the budget next sees the epochs this
-            # trial may train.
-            trial.set_user_attr(TrialAttr.EPOCHS_PLANNED, config.total_epochs)
-        return trial, config
+            proposal = self.engine.ask(self.study)
+            if proposal is None or proposal == WAIT:
+                return proposal
+            assert isinstance(proposal, Proposal)
+            self.liveness.claim(proposal.trial, self.identity)
+            if not isinstance(proposal.config, TrainerInputError):
+                # Still under the lock: a peer that counts the budget next sees the epochs
+                # this trial may train.
+                planned = proposal.plan.planned(proposal.config)
+                proposal.trial.set_user_attr(TrialAttr.EPOCHS_PLANNED, planned)
+        return proposal
 
-    def _config_of(self, trial: optuna.Trial) -> TrainConfig:
-        """The config a trial runs: an enqueued config that is not a point of the space as it
-        is (`search.study_setup`), else what the space samples."""
-        enqueued = trial.user_attrs.get(TrialAttr.ENQUEUED_CONFIG)
-        if enqueued is not None:
-            return TrainConfig.from_yaml(enqueued, origin=f"trial {trial.number}, enqueued")
-        return self.spec.space(trial, self.settings.data_source)
-
-    def _start_trial(self, slot: int) -> bool:
-        """Start a trial in `slot`; False when the budget (or the timeout) allows no more."""
-        asked = self._ask_within_budget()
-        if asked is None:
-            return False
-        trial, config = asked
+    def _start_trial(self, slot: int) -> bool | Wait:
+        """Start a trial in `slot`; False when the budget (or the timeout, or the engine)
+        allows no more, WAIT when the engine has none until a running trial ends."""
+        proposal = self._ask_within_budget()
+        if proposal is None or proposal == WAIT:
+            return False if proposal is None else WAIT
+        assert isinstance(proposal, Proposal)
+        trial, config, plan = proposal.trial, proposal.config, proposal.plan
         if isinstance(config, TrainerInputError):
             # The space produced an invalid config: a bug in the space, not bad luck.
             self.liveness.release(trial)
             detail = f"invalid config from the space: {config}"
             verdict = Verdict(TrialState.FAIL, Reason.INPUT, detail)
             self.closer.close(trial, Ending(trial.number, trial.params, trial.user_attrs, verdict))
+            return True
+        if proposal.inherited_value is not None:
+            # A Hyperband continuation of a trial that trained its whole config: its result.
+            self.liveness.release(trial)
+            trial.set_user_attr(TrialAttr.CONFIG_YAML, config.to_yaml())
+            verdict = Verdict(TrialState.COMPLETE, value=proposal.inherited_value)
+            ending = Ending(trial.number, trial.params, trial.user_attrs, verdict, best_epoch=0)
+            self.closer.close(trial, ending)
             return True
         folder = self.settings.output_dir / f"trial-{trial.number:04d}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -194,6 +224,10 @@ class Coordinator:
             environment=environment,
             cache_dir=None if self.settings.cache_dir is None else str(self.settings.cache_dir),
             cache_budget_bytes=self.settings.cache_budget_bytes,
+            after_epoch=plan.after_epoch,
+            until_epoch=plan.until_epoch,
+            initial_weights=plan.initial_weights,
+            save_weights=str(folder / BEST_WEIGHTS) if plan.save_weights else None,
         )
         warm = self.standbys.hand_over(request)
         process, connection = warm or spawn_worker(self.context, request, os.getpid(), self.worker)
@@ -205,8 +239,14 @@ class Coordinator:
         )
         retry_of = trial.user_attrs.get(TrialAttr.RETRY_OF)
         again = "" if retry_of is None else f", re-running trial {retry_of} with the same params"
+        window = ""
+        if plan.after_epoch:
+            continued = trial.user_attrs.get(TrialAttr.CONTINUES_TRIAL)
+            window = f", continuing trial {continued} after epoch {plan.after_epoch}"
+        if plan.until_epoch is not None:
+            window += f", up to epoch {plan.until_epoch}"
         params = ", ".join(f"{name}={_short(value)}" for name, value in trial.params.items())
-        self.log(f"trial {trial.number:>3} started (slot {slot}){again}: {params}")
+        self.log(f"trial {trial.number:>3} started (slot {slot}){again}{window}: {params}")
         return True
 
     # -- messages from workers ----------------------------------------------------------------
@@ -269,7 +309,7 @@ class Coordinator:
         return (
             self._report(active, message)
             or collapse
-            or optuna_decision(self.study, self.storage.get_trial(active.trial._trial_id))
+            or self.engine.prune(self.study, self.storage.get_trial(active.trial._trial_id))
         )
 
     def _record_epoch(self, active: ActiveTrial, message: Epoch) -> PruneDecision | None:
@@ -312,7 +352,7 @@ class Coordinator:
                 active.prune = taken_over
                 return
         if active.prune is None:
-            active.prune = optuna_decision(
+            active.prune = self.engine.prune(
                 self.study, self.storage.get_trial(active.trial._trial_id)
             )
 
@@ -338,6 +378,7 @@ class Coordinator:
             judge(active, self.spec.objective),
             run_id=active.run_id,
             best_epoch=history.best_epoch,
+            best_value=history.best_val_accuracy,
             epochs_run=len(history),
         )
         taken_over, retried = False, False
@@ -454,6 +495,7 @@ class Coordinator:
             self.standbys.close()
             self.liveness.close()
             self.lock.close()
+            self.engine.close()
 
     def _run_trials(self) -> None:
         """Start, watch and finish trials until the budget is used; on Ctrl-C or a failure
@@ -495,7 +537,7 @@ class Coordinator:
             self.tracker.retry_spooled()
             self._check_failures()
             for slot in self._free_slots():
-                if not self._start_trial(slot):
+                if self._start_trial(slot) is not True:
                     break
             if not self.active:
                 if self._others_running():
@@ -519,6 +561,8 @@ class Coordinator:
             stopped_by: Limit | None = None
             if status == "FINISHED":
                 stopped_by = Limit.TIMEOUT if self._timed_out() else spent.spent()
+                if stopped_by is None and self.engine.ended_search():
+                    stopped_by = Limit.SEARCH
             return finish_study(
                 self.study,
                 spent=spent,

@@ -20,9 +20,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from search.engines import EngineChoice
 from search.storage import DEFAULT_STORAGE, StorageError, check_storage_url, make_storage, redact
 from search.study_file import is_study_file, load_study_file
-from search.vocabulary import TrialAttr
+from search.vocabulary import StudyAttr, TrialAttr
 from trainers.config import Provenance, TrainConfig
 from trainers.errors import TrainerInputError
 from trainers.redaction import hide_passwords
@@ -52,6 +53,7 @@ def best_config(study_name: str, storage: str) -> TrainConfig:
         if not completed:
             raise ExportError(f"study {study_name!r} has no completed trial yet")
         best = study.best_trial
+        engine = study.user_attrs.get(StudyAttr.ENGINE, EngineChoice().label)
     finally:
         rdb.remove_session()
         rdb.engine.dispose()
@@ -67,6 +69,8 @@ def best_config(study_name: str, storage: str) -> TrainConfig:
         best_epoch=best.user_attrs.get(TrialAttr.BEST_EPOCH),
         storage=redact(storage),
         exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        engine=engine,
+        engine_trial=best.user_attrs.get(TrialAttr.KERAS_TUNER_TRIAL),
     )
     return config.model_copy(update={"provenance": provenance})
 

@@ -57,6 +57,7 @@ STOPPED_BY = {
     Limit.EPOCHS: "epoch budget reached",
     Limit.HOURS: "trial-hour budget reached",
     Limit.TIMEOUT: "--timeout reached",
+    Limit.SEARCH: "the engine's search is complete",
 }
 
 

@@ -26,6 +26,8 @@ import optuna
 
 from search.active_trial import WorkerEntry
 from search.coordinator import run_study
+from search.engines import ENGINES, EngineChoice
+from search.keras_tuner_oracle import ORACLES
 from search.pruning import PRUNERS
 from search.retry import RetryPolicy, StudyStoppedError
 from search.slots import SlotError, detect_gpus, parse_gpus, worker_environments
@@ -57,6 +59,18 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         required=True,
         help=f"a registered study ({', '.join(sorted(STUDIES))}) or a study file (.yaml); "
         "python -m search.studies lists them",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="optuna",
+        help="what chooses the trials: Optuna's sampler and pruner, or a KerasTuner oracle "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--oracle",
+        choices=ORACLES,
+        help="the KerasTuner oracle of --engine keras-tuner (default: hyperband)",
     )
     parser.add_argument(
         "--pruner",
@@ -199,6 +213,7 @@ def settings_from(args: argparse.Namespace) -> tuple[StudySpec, RunSettings]:
     spec = with_overrides(
         loaded.spec, backbone=args.backbone, image_size=args.image_size, weights=args.weights
     )
+    engine = _engine_choice(args)
     if args.pruner is not None:
         spec = replace(spec, pruner=args.pruner)
     # The command line wins over a study file's budgets.
@@ -206,8 +221,10 @@ def settings_from(args: argparse.Namespace) -> tuple[StudySpec, RunSettings]:
     budget_hours = args.budget_hours if args.budget_hours is not None else loaded.budget_hours
     compute_budget = budget_epochs is not None or budget_hours is not None
     # A compute budget alone bounds the study; the study's default trial count would cut it
-    # short.
-    n_trials = args.n_trials if args.n_trials is not None or compute_budget else spec.n_trials
+    # short. So does KerasTuner's Hyperband, whose brackets end it.
+    ends_itself = engine.name == "keras-tuner" and engine.oracle == "hyperband"
+    explicit = args.n_trials is not None or compute_budget or ends_itself
+    n_trials = args.n_trials if explicit else spec.n_trials
     if n_trials is not None and n_trials < 1:
         raise UsageError(f"--n-trials must be at least 1, got {n_trials}")
     if budget_epochs is not None and budget_epochs < 1:
@@ -259,7 +276,21 @@ def settings_from(args: argparse.Namespace) -> tuple[StudySpec, RunSettings]:
         else round(args.cache_budget_gb * GIGABYTE),
         prewarm=args.prewarm,
         storage_retry_s=args.storage_retry_s,
+        engine=engine,
     )
+
+
+def _engine_choice(args: argparse.Namespace) -> EngineChoice:
+    if args.engine == "optuna":
+        if args.oracle is not None:
+            raise UsageError("--oracle chooses a KerasTuner oracle: pass --engine keras-tuner too")
+        return EngineChoice()
+    if args.pruner is not None:
+        raise UsageError(
+            "--pruner is Optuna's: KerasTuner's oracles have none (the collapse rules still "
+            "apply, and Hyperband gives each trial its epochs)"
+        )
+    return EngineChoice(args.engine, args.oracle or "hyperband")
 
 
 def _resume_command(argv: Sequence[str]) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 
 from search.budget import Limits
+from search.engines import Engine, EngineChoice, OptunaEngine
 from search.liveness import retry_params
 from search.retry import RetryPolicy
 from search.storage import make_storage, redact
@@ -68,6 +69,8 @@ class RunSettings:
     #: Seconds to wait for a database that stopped answering before the study stops
     #: (`search.storage_retry`).
     storage_retry_s: float = DEFAULT_STORAGE_RETRY_S
+    #: What chooses the trials (`--engine`, `--oracle`; `search.engines`).
+    engine: EngineChoice = field(default_factory=EngineChoice)
 
     @property
     def cache_dir(self) -> Path | None:
@@ -75,16 +78,24 @@ class RunSettings:
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.n_trials, self.budget_epochs, self.budget_hours)
+        # KerasTuner's Hyperband ends after its brackets; the other oracles need a limit.
+        engine_ends = self.engine.name == "keras-tuner" and self.engine.oracle == "hyperband"
+        return Limits(self.n_trials, self.budget_epochs, self.budget_hours, engine_ends)
 
 
 def open_study(
-    spec: StudySpec, settings: RunSettings, *, identity: str, retry: StorageRetry | None = None
+    spec: StudySpec,
+    settings: RunSettings,
+    *,
+    identity: str,
+    engine: Engine | None = None,
+    retry: StorageRetry | None = None,
 ) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
     """The study (created, or loaded and checked) and its storage; call under the study lock.
 
     `identity` (host:pid) seeds the sampler of every coordinator but a new study's first;
-    with `retry`, every storage call rides out a lost connection (`search.storage_retry`).
+    `engine` gives the sampler and pruner (default: Optuna's, the spec's); with `retry`,
+    every storage call rides out a lost connection (`search.storage_retry`).
     """
     storage = make_storage(
         settings.storage,
@@ -93,6 +104,7 @@ def open_study(
     )
     if retry is not None:
         retry_storage_calls(storage, retry)
+    engine = engine if engine is not None else OptunaEngine(spec, settings.data_source)
     existing = spec.name in optuna.get_all_study_names(storage)
     # A new study draws from the spec's seed, so a fresh demo is reproducible; every later or
     # concurrent coordinator gets its own seed, or they would all replay the same draws.
@@ -100,20 +112,22 @@ def open_study(
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
-        sampler=spec.make_sampler(seed),
-        pruner=spec.make_pruner(),
+        sampler=engine.sampler(seed),
+        pruner=engine.pruner(),
         direction="maximize",
         load_if_exists=True,
     )
     if existing:
         _check_continues(study, spec, settings)
+    engine.check_study(study)
     for key, value in _recorded(spec, settings).items():
         study.set_user_attr(key, value)
     if isinstance(spec.space, FineTuneSpace):
         roles = {p.name: p.role.value for p in spec.space.parameters()}
         study.set_user_attr(StudyAttr.PARAM_ROLES, roles)
-    for known in spec.enqueued:
-        _enqueue(study, spec, known, settings.data_source)
+    if engine.enqueues_known:
+        for known in spec.enqueued:
+            _enqueue(study, spec, known, settings.data_source)
     return study, storage
 
 
@@ -121,8 +135,10 @@ def _recorded(spec: StudySpec, settings: RunSettings) -> dict[str, object]:
     """What a resume must match: data, pruner, and the model the space trains."""
     recorded: dict[str, object] = {
         StudyAttr.DATA_SOURCE: settings.data_source,
-        StudyAttr.PRUNER: spec.pruner,
+        StudyAttr.ENGINE: settings.engine.label,
     }
+    if settings.engine.name == "optuna":
+        recorded[StudyAttr.PRUNER] = spec.pruner
     if isinstance(spec.space, FineTuneSpace):
         recorded |= {
             StudyAttr.BACKBONE: spec.space.backbone,
@@ -178,6 +194,15 @@ def _check_continues(study: optuna.Study, spec: StudySpec, settings: RunSettings
             f"study {spec.name!r} was started with data {recorded!r}, not "
             f"{settings.data_source!r}; pass --data {recorded} to continue it, or use "
             "another --storage for a new study"
+        )
+    # One engine chooses a study's trials: a KerasTuner oracle knows only its own.
+    engine = study.user_attrs.get(StudyAttr.ENGINE, EngineChoice().label)
+    if engine != settings.engine.label:
+        options_then = EngineChoice(*engine.split(" ")).options
+        raise StudyMismatchError(
+            f"study {spec.name!r} was started with engine {engine!r}, not "
+            f"{settings.engine.label!r}; pass {options_then} to continue it, or use another "
+            "--storage for a new study"
         )
     # Hyperband's brackets and successive halving's rungs hold only if every trial of the
     # study is judged by the same pruner; trials of one study compare on one model.

@@ -75,6 +75,15 @@ class TrialAttr(StrEnum):
     RETRY_REASON = "retry_reason"
     #: MLflow tag only: whether a failed trial was queued again.
     RETRIED = "retried"
+    #: The KerasTuner engine (`search.keras_tuner_engine`): the oracle's trial id, the
+    #: Hyperband bracket and round, the last global epoch of the round, and for a trial that
+    #: continues an earlier round's trial, that trial's number and the epoch it starts after.
+    KERAS_TUNER_TRIAL = "keras_tuner_trial"
+    HYPERBAND_BRACKET = "hyperband_bracket"
+    HYPERBAND_ROUND = "hyperband_round"
+    UNTIL_EPOCH = "until_epoch"
+    CONTINUES_TRIAL = "continues_trial"
+    AFTER_EPOCH = "after_epoch"
 
 
 class StudyAttr(StrEnum):
@@ -89,6 +98,9 @@ class StudyAttr(StrEnum):
     BACKBONE = "backbone"
     WEIGHTS = "weights"
     IMAGE_SIZE = "image_size"
+    #: The engine that chooses the trials: `optuna`, or `keras-tuner hyperband` and the like
+    #: (`search.engines.EngineChoice.label`); likewise.
+    ENGINE = "engine"
     #: Every searched parameter's role, name -> `scientific` / `nuisance` / `fixed`
     #: (`spaces.parameters.Role`), for the analysis.
     PARAM_ROLES = "param_roles"

@@ -6,7 +6,8 @@ trials, and whatever this trial leaks dies with the process. It is usually start
 trial and waits with TensorFlow imported (`search.prewarm`), but it still serves one trial only.
 Everything it prints (including TensorFlow's C++ logs) goes to the trial's log file; with the
 study's cache folder, it decodes images and computes frozen features only where no earlier
-trial did (`trainers.fit`).
+trial did (`trainers.fit`). It may train only a window of the config's epochs from another
+run's saved weights, and save its own best epoch's weights for a later continuation.
 """
 
 from __future__ import annotations
@@ -39,7 +40,13 @@ from search.vocabulary import Reason
 WARM_UP_MODULES = ("trainers.fit",)
 
 if TYPE_CHECKING:
+    import keras
+
     from trainers.cache_store import CacheProgress
+    from trainers.fit import FitResult
+
+#: Keras saves and loads weights only under this suffix.
+WEIGHTS_SUFFIX = ".weights.h5"
 
 
 class DiskFullTolerantLog(io.TextIOWrapper):
@@ -110,6 +117,40 @@ def _cache_progress(faults: list[Fault]) -> CacheProgress:
     return progress
 
 
+def save_weights_atomically(model: keras.Model, path: Path) -> None:
+    """Save `model`'s weights to `path` through a temporary file beside it, so that a reader
+    sees either the whole file or none; a failed write leaves no temporary file behind."""
+    stem = path.name.removesuffix(WEIGHTS_SUFFIX)
+    partial = path.with_name(f".{stem}.tmp-{os.getpid()}{WEIGHTS_SUFFIX}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.save_weights(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _save_best_weights(request: WorkerRequest, result: FitResult) -> None:
+    """Save the run's best-epoch weights where the request asks, if it has a best epoch.
+
+    A save that fails (a full disk) costs the continuation its starting point, not this
+    trial its result: one log line, and the trial finishes.
+    """
+    if request.save_weights is None:
+        return
+    trial = request.trial_number
+    if result.best_epoch is None:
+        print(f"trial {trial}: no best epoch, so no weights saved", flush=True)
+        return
+    path = Path(request.save_weights)
+    try:
+        save_weights_atomically(result.model, path)
+    except OSError as error:
+        print(f"trial {trial}: could not save weights to {path}: {error}", flush=True)
+        return
+    print(f"trial {trial}: saved epoch {result.best_epoch}'s weights to {path}", flush=True)
+
+
 def run_worker(connection: Connection, request: WorkerRequest, parent_pid: int) -> None:
     """Entry point of the spawned process."""
     # Ctrl-C reaches the whole process group; the coordinator decides what happens to us.
@@ -123,6 +164,7 @@ def run_worker(connection: Connection, request: WorkerRequest, parent_pid: int) 
         importing = time.monotonic()
         from trainers.config import TrainConfig
         from trainers.data import load_datasets
+        from trainers.epoch_window import EpochWindow
         from trainers.fit import fit
 
         # Seconds for a cold worker; nothing for a prewarmed one, which imported them before.
@@ -130,6 +172,13 @@ def run_worker(connection: Connection, request: WorkerRequest, parent_pid: int) 
         print(f"trial {request.trial_number}: trainer imported in {imported:.1f}s", flush=True)
         config = TrainConfig.from_yaml(request.config_yaml, origin=f"trial {request.trial_number}")
         cache_dir = None if request.cache_dir is None else Path(request.cache_dir)
+        window = EpochWindow(
+            after_epoch=request.after_epoch,
+            until_epoch=request.until_epoch,
+            initial_weights=(
+                None if request.initial_weights is None else Path(request.initial_weights)
+            ),
+        )
         injected = faults_for(request.trial_number, config.batch_size)
         progress = _cache_progress(injected)
         datasets = load_datasets(config, cache_dir=cache_dir, progress=progress)
@@ -159,7 +208,9 @@ def run_worker(connection: Connection, request: WorkerRequest, parent_pid: int) 
             cache_dir=cache_dir,
             progress=progress,
             cache_budget_bytes=request.cache_budget_bytes,
+            window=window,
         )
+        _save_best_weights(request, result)
         connection.send(Finished(stop_reason=result.stop_reason, stop_detail=result.stop_detail))
     except BaseException as error:  # report anything, then exit non-zero
         details = traceback.format_exc()

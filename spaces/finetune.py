@@ -183,6 +183,8 @@ class FineTuneSpace:
     def parameters(self) -> tuple[Parameter, ...]:
         """Every parameter `sample` may suggest or fixes, in the order it asks for them."""
         fine_tune = "unfreeze_level >= 1"
+        unfrozen_levels = tuple(level for level, units in enumerate(self.unfreeze_ladder) if units)
+        in_fine_tune = (("unfreeze_level", unfrozen_levels),)
         described = [
             _range("head_lr", self.head_lr, log=True),
             _choices("head_epochs", self.head_epochs),
@@ -200,22 +202,36 @@ class FineTuneSpace:
             _choices("label_smoothing", self.label_smoothing),
         ]
         if any(step > 0 for step in self.unfreeze_ladder):
-            described.append(_choices("ft_optimizer", self.ft_optimizers, fine_tune))
+            described.append(
+                _choices("ft_optimizer", self.ft_optimizers, fine_tune, in_fine_tune)
+            )
             described += [
-                _range(f"ft_lr_{name}", lr_range, log=True, condition=f"ft_optimizer == {name}")
+                _range(
+                    f"ft_lr_{name}",
+                    lr_range,
+                    log=True,
+                    condition=f"ft_optimizer == {name}",
+                    active_when=(*in_fine_tune, ("ft_optimizer", (name,))),
+                )
                 for name, lr_range in (("adamw", self.ft_lr_adamw), ("sgd", self.ft_lr_sgd))
                 if name in self.ft_optimizers
             ]
             described += [
-                _choices("ft_epochs", self.ft_epochs, fine_tune),
-                _choices("warmup_frac", self.warmup_fractions, fine_tune),
-                _choices("freeze_bn", self.freeze_bn_choices, fine_tune),
+                _choices("ft_epochs", self.ft_epochs, fine_tune, in_fine_tune),
+                _choices("warmup_frac", self.warmup_fractions, fine_tune, in_fine_tune),
+                _choices("freeze_bn", self.freeze_bn_choices, fine_tune, in_fine_tune),
             ]
             if self._has("l2sp_alpha", self.l2sp_alpha):
-                described.append(_choices("use_l2sp", (False, True), fine_tune))
+                described.append(_choices("use_l2sp", (False, True), fine_tune, in_fine_tune))
                 if self.fixed.get("use_l2sp", True):
                     described.append(
-                        _range("l2sp_alpha", self.l2sp_alpha, log=True, condition="use_l2sp")
+                        _range(
+                            "l2sp_alpha",
+                            self.l2sp_alpha,
+                            log=True,
+                            condition="use_l2sp",
+                            active_when=(*in_fine_tune, ("use_l2sp", (True,))),
+                        )
                     )
         with_defaults = with_roles(described, self.roles)
         return tuple(
@@ -223,6 +239,7 @@ class FineTuneSpace:
                 parameter.name,
                 parameter.kind,
                 condition=parameter.condition,
+                active_when=parameter.active_when,
                 role=Role.FIXED,
                 value=self.fixed[parameter.name],
             )
@@ -299,22 +316,50 @@ class _Replay:
         return choices[0] if len(choices) == 1 else self.params[name]
 
 
+Conditions = tuple[tuple[str, tuple[Any, ...]], ...]
+
+
 def _range(
     name: str,
     bounds: FloatRange | None,
     *,
     log: bool = False,
     condition: str = "always",
+    active_when: Conditions = (),
     otherwise: float | None = None,
 ) -> Parameter:
     if bounds is None:
-        return Parameter(name, "float", role=Role.FIXED, value=otherwise, condition=condition)
-    return Parameter(name, "float", low=bounds[0], high=bounds[1], log=log, condition=condition)
+        return Parameter(
+            name,
+            "float",
+            role=Role.FIXED,
+            value=otherwise,
+            condition=condition,
+            active_when=active_when,
+        )
+    return Parameter(
+        name,
+        "float",
+        low=bounds[0],
+        high=bounds[1],
+        log=log,
+        condition=condition,
+        active_when=active_when,
+    )
 
 
-def _choices(name: str, choices: Sequence[Any], condition: str = "always") -> Parameter:
+def _choices(
+    name: str, choices: Sequence[Any], condition: str = "always", active_when: Conditions = ()
+) -> Parameter:
     if len(choices) == 1:  # nothing to search
         return Parameter(
-            name, "categorical", condition=condition, role=Role.FIXED, value=choices[0]
+            name,
+            "categorical",
+            condition=condition,
+            active_when=active_when,
+            role=Role.FIXED,
+            value=choices[0],
         )
-    return Parameter(name, "categorical", choices=tuple(choices), condition=condition)
+    return Parameter(
+        name, "categorical", choices=tuple(choices), condition=condition, active_when=active_when
+    )

@@ -44,6 +44,10 @@ class Parameter:
     choices: tuple[Any, ...] = ()
     #: When it is sampled, in words; "always" for parameters of every trial.
     condition: str = "always"
+    #: The same as data, for engines with conditional spaces (KerasTuner's conditional
+    #: scopes): (parent, values) pairs, outermost first; it is sampled when every parent's
+    #: value is one of its values.
+    active_when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     role: Role = Role.NUISANCE
     #: The value of a fixed parameter, which is never suggested.
     value: Any = None

@@ -170,6 +170,10 @@ class Provenance(_Frozen):
     best_epoch: int | None = None
     storage: str
     exported_at: str
+    #: What chose the trial (`optuna`, `keras-tuner hyperband`, ...) and, for an engine with
+    #: trial ids of its own, the trial's there (KerasTuner's `trial_id`).
+    engine: str | None = None
+    engine_trial: str | None = None
 
 
 class TrainConfig(_Frozen):

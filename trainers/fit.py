@@ -7,6 +7,11 @@ gets the global epoch and that epoch's metrics and may return a reason to stop: 
 search prunes. A non-finite loss stops training at once. The weights of the epoch with the best
 validation accuracy are restored before the model is returned.
 
+An `EpochWindow` trains only some of the config's global epochs, starting from the weights a
+run of the same config saved (KerasTuner Hyperband's continuation): phases wholly before the
+window are skipped, the phase the window starts in resumes at the window's first epoch with a
+fresh optimizer, and training ends after the window's last epoch.
+
 With a `cache_dir`, images are decoded once into a cache there (`trainers.image_cache`), the
 leading head-only phases train on cached backbone features and later phases on cached
 activations below their unfrozen blocks, when no random augmentation is used
@@ -30,6 +35,14 @@ from trainers.cached_phases import CachedPhases, CacheSettings
 from trainers.config import TrainConfig
 from trainers.cut_cache import default_budget_bytes
 from trainers.data import Datasets, load_datasets
+from trainers.epoch_window import (
+    EVERY_EPOCH,
+    EpochWindow,
+    backbone_weights,
+    caches_fit_window,
+    load_initial_weights,
+)
+from trainers.errors import ModelBuildError
 from trainers.history import OBJECTIVE, TrainingHistory, non_finite_keys
 from trainers.model import FineTuneModel, build_model, set_trainable_units
 from trainers.optimization import current_learning_rate, make_optimizer
@@ -181,6 +194,7 @@ def fit(
     cache_dir: Path | None = None,
     progress: CacheProgress | None = None,
     cache_budget_bytes: int | None = None,
+    window: EpochWindow = EVERY_EPOCH,
 ) -> FitResult:
     """Train `config` phase by phase and return the history and the best-epoch model.
 
@@ -188,9 +202,15 @@ def fit(
     `callbacks` are extra Keras callbacks (TensorBoard, checkpoints) added to every phase.
     `cache_dir` turns on the caches there; `progress` hears how far building a cache entry has
     come (by default, a log line every 10 s); `cache_budget_bytes` bounds one entry of
-    activations (default: a quarter of the machine's memory).
+    activations (default: a quarter of the machine's memory). `window` trains only some of the
+    config's epochs, starting from saved weights; a window past the config's last epoch trains
+    nothing and returns an empty history.
     Raises DataError, PreprocessingError or ModelBuildError before any training starts.
     """
+    initial = window.initial_weights
+    # Before the data is loaded, which can take minutes.
+    if initial is not None and not initial.is_file():
+        raise ModelBuildError(f"initial weights: no such file: {initial}")
     previous_policy = keras.config.dtype_policy()
     keras.utils.set_random_seed(config.seed)
     progress = progress if progress is not None else throttled_progress(log)
@@ -206,13 +226,27 @@ def fit(
             deepest = max(phase.unfreeze_blocks for phase in config.phases)
             attach_l2sp(network, config.l2sp_alpha, unfreeze_blocks=deepest)
         cache = None
-        if cache_dir is not None:
+        if cache_dir is not None and window.after_epoch < window.last_epoch(config):
             budget = default_budget_bytes() if cache_budget_bytes is None else cache_budget_bytes
             cache = CacheSettings(cache_dir, budget, progress)
+        pretrained = {} if initial is None else backbone_weights(network)
+        # Built before the weights are loaded, so that a feature cache entry built now holds
+        # what the pretrained backbone computes, as its key says; its head model (and any
+        # phase's model on a cut) is made of the full model's own layers, so it trains from
+        # the loaded weights all the same.
         phases = CachedPhases(config, network, datasets, cache, log)
-        return _run_phases(config, network, datasets, report, callbacks, log, phases)
+        if initial is not None:
+            # After L2-SP captured its anchors, which stay the pretrained weights.
+            changed_units = load_initial_weights(network, initial, pretrained, log)
+            if cache is not None and not caches_fit_window(config, window, changed_units, log):
+                phases = CachedPhases(config, network, datasets, None, log)
+        return _run_phases(config, network, datasets, report, callbacks, log, phases, window)
     finally:
         keras.config.set_dtype_policy(previous_policy)
+
+
+def _epoch_span(first: int, last: int) -> str:
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
 
 
 def _run_phases(
@@ -223,17 +257,40 @@ def _run_phases(
     callbacks: Sequence[keras.callbacks.Callback],
     log: Log,
     inputs: CachedPhases,
+    window: EpochWindow,
 ) -> FitResult:
     state = _RunState()
     steps_per_epoch = datasets.steps_per_epoch(config.batch_size)
+    last_epoch = window.last_epoch(config)
     first_epoch = 0
     for number, phase in enumerate(config.phases, start=1):
+        phase_end = first_epoch + phase.epochs
+        if phase_end <= window.after_epoch:
+            log(
+                f"phase {number}/{len(config.phases)}: skipped, "
+                f"{_epoch_span(first_epoch + 1, phase_end)} were trained by the run whose "
+                "weights were loaded"
+            )
+            first_epoch = phase_end
+            continue
+        if first_epoch >= last_epoch:
+            log(
+                f"stopped after epoch {last_epoch}: the end of this run's window "
+                f"(the config has {config.total_epochs})"
+            )
+            break
+        start, end = max(first_epoch, window.after_epoch), min(phase_end, last_epoch)
         summary = set_trainable_units(
             network, phase.unfreeze_blocks, freeze_batchnorm=phase.freeze_batchnorm
         )
         chosen = inputs.for_phase(number - 1)
+        span = (
+            f"{phase.epochs} epochs"
+            if (start, end) == (first_epoch, phase_end)
+            else f"{end - start} of its {phase.epochs} epochs ({_epoch_span(start + 1, end)})"
+        )
         log(
-            f"phase {number}/{len(config.phases)}: {phase.epochs} epochs, {phase.optimizer} "
+            f"phase {number}/{len(config.phases)}: {span}, {phase.optimizer} "
             f"lr {phase.learning_rate:g} ({phase.schedule}); {summary.describe()}"
             + (f"; {chosen.note}" if chosen.note else "")
         )
@@ -246,8 +303,8 @@ def _run_phases(
         model.fit(
             train,
             validation_data=validation,
-            initial_epoch=first_epoch,
-            epochs=first_epoch + phase.epochs,
+            initial_epoch=start,
+            epochs=end,
             class_weight=datasets.class_weights,
             callbacks=[
                 _EpochCallback(state, number, config.total_epochs, report, log, network.model),
@@ -257,7 +314,7 @@ def _run_phases(
             shuffle=False,
             verbose=0,
         )
-        first_epoch += phase.epochs
+        first_epoch = phase_end
         if state.stopped:
             log(f"stopped at epoch {int(state.history.records[-1]['epoch'])}: {state.stop_detail}")
             break

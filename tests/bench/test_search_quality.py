@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from bench.keras_tuner_hyperband import HyperParametersSuggester, declare_space
 from bench.search_quality import (
     FULL,
     KERAS_TUNER,
@@ -29,6 +28,7 @@ from bench.search_quality import (
     save,
     table,
 )
+from search.keras_tuner_space import KerasTunerSuggester, declare_space
 from search.studies import DEMO_RECIPE
 from tests.conftest import REPO
 
@@ -95,16 +95,21 @@ def test_the_demo_recipe_is_moved_into_a_shorter_space() -> None:
 
 
 def test_keras_tuner_samples_every_parameter_of_the_project_space() -> None:
-    hp = declare_space(QUICK_SPACE, "synthetic:far")
+    hp = declare_space(QUICK_SPACE)
     names = {p.name for p in hp.space}
     # Both fine-tune optimizers' learning rates, and everything the fine-tune phase asks for.
     assert {"ft_lr_adamw", "ft_lr_sgd", "freeze_bn", "ft_optimizer", "unfreeze_level"} <= names
-    # What the oracle drew for a trial: the space reads it back through the adapter.
-    hp.values.update({"unfreeze_level": 6, "ft_optimizer": "sgd", "ft_lr_sgd": 0.05})
-    config = QUICK_SPACE.sample(HyperParametersSuggester(hp), "synthetic:far")
+    # What the oracle drew for a trial: the space reads it back through the engine's
+    # suggester (the adamw rate is inactive under sgd, and not asked for).
+    hp.values.update(
+        {"unfreeze_level": 6, "ft_optimizer": "sgd", "ft_lr_sgd": 0.05, "freeze_bn": 1}
+    )
+    hp.ensure_active_values()  # the other fine-tune parameters, now active, drawn
+    config = QUICK_SPACE.sample(KerasTunerSuggester(hp), "synthetic:far")
     (_, fine_tune) = config.phases
     assert fine_tune.unfreeze_blocks == 13 and fine_tune.optimizer == "sgd"
     assert fine_tune.learning_rate == pytest.approx(0.05)
+    assert fine_tune.freeze_batchnorm is True
 
 
 @pytest.mark.slow
