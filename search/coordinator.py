@@ -1,12 +1,13 @@
-"""The coordinator: asks Optuna for trials, runs each in a spawned worker, tells the results.
+"""The coordinator: asks its engine for trials, runs each in a spawned worker, tells the results.
 
-For each trial: `study.ask()` (within the shared budget), the space turns it into a
-TrainConfig, a worker process trains it and reports every epoch; the coordinator logs the epoch
-to MLflow, applies the collapse rules to the epochs it holds, reports the value to the trial,
-asks the study's Optuna pruner and answers continue or stop. When the worker ends, the trial is
-closed (`search.closing`): told COMPLETE (best validation accuracy over all epochs), PRUNED or
-FAIL with its reason, re-run as the retry policy says, and its MLflow run closed with the same
-state. This process never imports TensorFlow.
+For each trial: the engine's `ask` (within the shared budget): `study.ask()` and the space's
+TrainConfig, or a KerasTuner oracle's trial recorded as an Optuna trial (`search.engines`). A
+worker process trains it and reports every epoch; the coordinator logs the epoch to MLflow,
+applies the collapse rules to the epochs it holds, reports the value to the trial, asks the
+engine's pruner (the study's Optuna pruner) and answers continue or stop. When the worker ends,
+the trial is closed (`search.closing`): told COMPLETE (best validation accuracy over all
+epochs), PRUNED or FAIL with its reason, re-run as the retry policy (or the engine) says, and
+its MLflow run closed with the same state. This process never imports TensorFlow.
 """
 
 from __future__ import annotations

@@ -422,8 +422,10 @@ class KerasTunerEngine:
         return self.stopped
 
     def close(self) -> None:
-        self.connection.close()  # the process ends when its pipe does
-        self.process.join(timeout=30)
+        self.connection.close()  # the process ends when its pipe does, between two requests
+        # Before it is ready it has written nothing: no need to wait for its imports.
+        self.process.join(timeout=30 if self.ready is not None else 0)
         if self.process.is_alive():
             self.process.kill()
+            self.process.join(timeout=30)
         self._lock_file.close()

@@ -2,11 +2,11 @@
 
 `RunSettings` holds everything `search.run` parses. `open_study` creates the study or loads it,
 refuses (`StudyMismatchError`, one line) a command that would continue it with other data,
-another pruner, backbone, weights or image size, or a study whose trials still use a renamed
-parameter, records all of those and the parameters' roles, and enqueues the spec's known
-configurations once. Coordinators call it under the
-study lock, so several that start together on a fresh database create tables, study and queue
-one at a time.
+another engine, pruner, backbone, weights or image size, or a study whose trials still use a
+renamed parameter, records all of those and the parameters' roles, and enqueues the spec's
+known configurations once (with the Optuna engine). Coordinators call it under the study lock,
+so several that start together on a fresh database create tables, study and queue one at a
+time.
 """
 
 from __future__ import annotations

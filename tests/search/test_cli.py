@@ -119,6 +119,25 @@ def test_a_bad_budget_is_one_error_line(tmp_path: Path, option: list[str], expec
 
 
 @pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (["--oracle", "bayesian"], "--oracle chooses a KerasTuner oracle: pass --engine"),
+        (
+            ["--engine", "keras-tuner", "--pruner", "asha"],
+            "--pruner is Optuna's: KerasTuner's oracles have none",
+        ),
+    ],
+)
+def test_engine_options_that_do_not_go_together_are_one_error_line(
+    tmp_path: Path, option: list[str], expected: str
+) -> None:
+    line = _one_error_line(_run("search.run", ["--study", "demo", *option], tmp_path))
+    assert expected in line
+    # Refused before anything is written.
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
     ("storage", "expected"),
     [
         ("not a url", "malformed storage URL 'not a url'"),

@@ -247,6 +247,11 @@ def test_random_and_bayesian_oracles(tmp_path: Path) -> None:
         # The trial target ends the study; every trial trains its whole config.
         assert len(trials) == 1 and "trial target reached" in coordinators[oracle].output
         assert study.user_attrs[StudyAttr.ENGINE] == f"keras-tuner {oracle}"
+        tracked = snapshot(
+            "smoke", f"sqlite:///{folder / 'optuna.db'}", f"sqlite:///{folder / 'mlflow.db'}", 1
+        )
+        # One parent run, and one closed child run per trial.
+        assert tracked.parents == 1 and tracked.run_status == {0: ["FINISHED"]}
         for trial in trials:
             assert trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
             assert TrialAttr.UNTIL_EPOCH not in trial.user_attrs
