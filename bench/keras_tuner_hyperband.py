@@ -39,21 +39,31 @@ class HyperbandTrial:
     """One KerasTuner trial as the benchmark counts it."""
 
     params: dict[str, object]
-    trained: TrainedTrial
+    epochs: int
+    seconds: float
+    #: Its best validation accuracy (or, with nothing left to train, its earlier trial's).
+    best: float
+    #: Why the collapse rules stopped it, if they did.
+    pruned: str | None
     continues: bool
 
     @property
-    def epochs(self) -> int:
-        return len(self.trained.epochs)
-
-    @property
-    def seconds(self) -> float:
-        return self.trained.seconds
-
-    @property
     def value(self) -> float | None:
-        """Its best validation accuracy; None when the collapse rules pruned it."""
-        return None if self.trained.stopped_by is not None else self.trained.best
+        """What it counts for: its best, unless the collapse rules pruned it."""
+        return None if self.pruned is not None else self.best
+
+    @classmethod
+    def of(
+        cls, params: dict[str, object], trained: TrainedTrial, continues: bool
+    ) -> HyperbandTrial:
+        return cls(
+            params,
+            len(trained.epochs),
+            trained.seconds,
+            trained.best,
+            trained.stopped_by,
+            continues,
+        )
 
 
 def run_keras_tuner_hyperband(
@@ -84,6 +94,7 @@ def run_keras_tuner_hyperband(
             )
         )
         best_weights: dict[str, Path] = {}
+        results: dict[str, HyperbandTrial] = {}
         while True:
             proposed = oracle.next_trial(NextTrial("bench"))
             if proposed.status != "RUNNING":  # one trial at a time: never IDLE
@@ -94,18 +105,27 @@ def run_keras_tuner_hyperband(
             assert window is not None
             weights = Path(folder) / f"{proposed.trial_id}.weights.h5"
             start = best_weights.get(window.continued) if window.continued else None
-            epochs = EpochWindow(
-                after_epoch=window.after_epoch if start is not None else 0,
-                until_epoch=window.until_epoch,
-                initial_weights=start,
-            )
-            trained = train(config, _collapse_judge(config, rules), window=epochs, save=weights)
-            if weights.is_file():
-                best_weights[proposed.trial_id] = weights
-            state = TrialState.COMPLETE if trained.stopped_by is None else TrialState.PRUNED
-            result = oracle_result(state, trained.stopped_by or "", trained.best)
+            params = dict(proposed.params)
+            if start is not None and window.after_epoch >= config.total_epochs:
+                # Its earlier trial trained the whole config: its result, as the engine tells.
+                assert window.continued is not None
+                earlier = results[window.continued]
+                counted = HyperbandTrial(params, 0, 0.0, earlier.best, earlier.pruned, True)
+            else:
+                epochs = EpochWindow(
+                    after_epoch=window.after_epoch if start is not None else 0,
+                    until_epoch=window.until_epoch,
+                    initial_weights=start,
+                )
+                judge = _collapse_judge(config, rules)
+                trained = train(config, judge, window=epochs, save=weights)
+                if weights.is_file():
+                    best_weights[proposed.trial_id] = weights
+                counted = HyperbandTrial.of(params, trained, start is not None)
+            state = TrialState.COMPLETE if counted.pruned is None else TrialState.PRUNED
+            result = oracle_result(state, counted.pruned or "", counted.best)
             oracle.end_trial(EndTrial(proposed.trial_id, result.status, result.value))
-            counted = HyperbandTrial(dict(proposed.params), trained, start is not None)
+            results[proposed.trial_id] = counted
             trials.append(counted)
             on_trial(counted)
     return trials

@@ -279,8 +279,8 @@ def run_seed(
             rules=_study_spec(get_study_spec("demo").pruner, space).rules,
             on_trial=lambda t: progress(
                 f"    {'continued' if t.continues else 'new'} trial: {t.epochs} epochs, best "
-                f"{t.trained.best:.3f}"
-                + (f", pruned: {t.trained.stopped_by}" if t.trained.stopped_by else "")
+                f"{t.best:.3f}"
+                + (f", pruned: {t.pruned}" if t.pruned else "")
                 + f", {t.seconds:.0f} s"
             ),
         )
@@ -289,7 +289,7 @@ def run_seed(
                 t.epochs,
                 t.seconds,
                 t.value,
-                "hyperband round" if t.value is not None else f"pruned: {t.trained.stopped_by}",
+                "hyperband round" if t.pruned is None else f"pruned: {t.pruned}",
             )
             for t in hyperband
         )

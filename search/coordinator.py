@@ -202,12 +202,18 @@ class Coordinator:
             verdict = Verdict(TrialState.FAIL, Reason.INPUT, detail)
             self.closer.close(trial, Ending(trial.number, trial.params, trial.user_attrs, verdict))
             return True
-        if proposal.inherited_value is not None:
+        if proposal.inherited is not None:
             # A Hyperband continuation of a trial that trained its whole config: its result.
             self.liveness.release(trial)
             trial.set_user_attr(TrialAttr.CONFIG_YAML, config.to_yaml())
-            verdict = Verdict(TrialState.COMPLETE, value=proposal.inherited_value)
-            ending = Ending(trial.number, trial.params, trial.user_attrs, verdict, best_epoch=0)
+            ending = Ending(
+                trial.number,
+                trial.params,
+                trial.user_attrs,
+                proposal.inherited,
+                best_epoch=0,
+                best_value=proposal.inherited_best,
+            )
             self.closer.close(trial, ending)
             return True
         folder = self.settings.output_dir / f"trial-{trial.number:04d}"

@@ -22,7 +22,7 @@ from typing import Any, Final, Literal, Protocol
 import optuna
 from optuna.trial import FrozenTrial
 
-from search.closing import Ending
+from search.closing import Ending, Verdict
 from search.pruning import PruneDecision, optuna_decision
 from search.studies import StudySpec
 from search.vocabulary import TrialAttr
@@ -87,8 +87,10 @@ class Proposal:
     config: TrainConfig | TrainerInputError
     plan: EpochPlan = EpochPlan()
     #: Set when the trial needs no training (a Hyperband continuation whose earlier trial
-    #: trained its whole config): the value it is told COMPLETE with at once.
-    inherited_value: float | None = None
+    #: trained its whole config): the earlier trial's verdict, which it is closed with at once,
+    #: and its best validation accuracy.
+    inherited: Verdict | None = None
+    inherited_best: float | None = None
 
 
 class Engine(Protocol):

@@ -25,7 +25,7 @@ import fcntl
 import math
 import multiprocessing
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -34,7 +34,7 @@ from typing import IO, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.closing import Ending
+from search.closing import Ending, Verdict
 from search.engines import (
     WAIT,
     EngineChoice,
@@ -122,6 +122,56 @@ def round_window(values: Mapping[str, Any]) -> RoundWindow | None:
         after_epoch=int(values.get("tuner/initial_epoch", 0)) if continued else 0,
         continued=None if continued is None else str(continued),
     )
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """How a Hyperband trial runs: its epoch plan; for a continuation, the study's trial it
+    continues and that trial's verdict and best value (what a continuation with nothing left to
+    train is closed with)."""
+
+    plan: EpochPlan
+    continued: int | None = None
+    inherited: Verdict | None = None
+    inherited_best: float | None = None
+
+
+def round_plan(
+    window: RoundWindow, trials: Sequence[FrozenTrial], output_dir: Path
+) -> RoundPlan:
+    """The plan of a trial in Hyperband's round `window`, given the study's `trials`: from the
+    continued trial's best-epoch weights, or from the start if they are gone."""
+    from_start = RoundPlan(EpochPlan(until_epoch=window.until_epoch, save_weights=True))
+    if window.continued is None:
+        return from_start
+    continued = next(
+        (
+            trial
+            for trial in trials
+            if trial.user_attrs.get(TrialAttr.KERAS_TUNER_TRIAL) == window.continued
+            and trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        ),
+        None,
+    )
+    if continued is None:
+        return from_start
+    weights = output_dir / f"trial-{continued.number:04d}" / BEST_WEIGHTS
+    if not weights.is_file():
+        return from_start
+    best = continued.value if continued.value is not None else _best_reported(continued)
+    if continued.state == TrialState.COMPLETE:
+        verdict = Verdict(TrialState.COMPLETE, value=best)
+    else:
+        reason = str(continued.user_attrs.get(TrialAttr.PRUNE_REASON, ""))
+        detail = f"continues trial {continued.number}, pruned; nothing left to train"
+        verdict = Verdict(TrialState.PRUNED, reason, detail)
+    plan = EpochPlan(
+        after_epoch=window.after_epoch,
+        until_epoch=window.until_epoch,
+        initial_weights=str(weights),
+        save_weights=True,
+    )
+    return RoundPlan(plan, continued.number, verdict, best)
 
 
 def _best_reported(trial: FrozenTrial) -> float | None:
@@ -335,19 +385,27 @@ class KerasTunerEngine:
             trial.set_user_attr(TrialAttr.RETRY_COUNT, len(earlier))
             reason = last.user_attrs.get(TrialAttr.FAIL_REASON, Reason.STALE_HEARTBEAT)
             trial.set_user_attr(TrialAttr.RETRY_REASON, reason)
-        plan, inherited = EpochPlan(), None
         window = round_window(values)
-        if window is not None:
+        rounds = None if window is None else round_plan(window, trials, self.output_dir)
+        if window is not None and rounds is not None:
             trial.set_user_attr(TrialAttr.HYPERBAND_BRACKET, int(values["tuner/bracket"]))
             trial.set_user_attr(TrialAttr.HYPERBAND_ROUND, int(values["tuner/round"]))
             trial.set_user_attr(TrialAttr.UNTIL_EPOCH, window.until_epoch)
-            plan, inherited = self._round_plan(trial, window, trials)
+            if rounds.continued is not None:
+                trial.set_user_attr(TrialAttr.CONTINUES_TRIAL, rounds.continued)
+                trial.set_user_attr(TrialAttr.AFTER_EPOCH, window.after_epoch)
+            elif window.continued is not None:
+                self.log(
+                    f"trial {trial.number}: the weights of KerasTuner trial {window.continued} "
+                    f"are gone; it trains from the start up to epoch {window.until_epoch}"
+                )
+        plan = EpochPlan() if rounds is None else rounds.plan
         config = self._config(trial, proposed)
         if not isinstance(config, TrainConfig):
             return Proposal(trial, config, plan)
-        if inherited is not None and plan.after_epoch < config.total_epochs:
-            inherited = None
-        return Proposal(trial, config, plan, inherited_value=inherited)
+        if rounds is None or rounds.inherited is None or plan.after_epoch < config.total_epochs:
+            return Proposal(trial, config, plan)
+        return Proposal(trial, config, plan, rounds.inherited, rounds.inherited_best)
 
     def _config(
         self, trial: optuna.Trial, proposed: ProposedTrial
@@ -367,41 +425,6 @@ class KerasTunerEngine:
                 f"{trial.params} than from KerasTuner's values"
             )
         return config
-
-    def _round_plan(
-        self, trial: optuna.Trial, window: RoundWindow, trials: list[FrozenTrial]
-    ) -> tuple[EpochPlan, float | None]:
-        """Hyperband's round as an epoch plan, from the continued trial's weights."""
-        until, after, continued_id = window.until_epoch, window.after_epoch, window.continued
-        if continued_id is None:
-            return EpochPlan(until_epoch=until, save_weights=True), None
-        continued = next(
-            (
-                earlier
-                for earlier in trials
-                if earlier.user_attrs.get(TrialAttr.KERAS_TUNER_TRIAL) == continued_id
-                and earlier.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            ),
-            None,
-        )
-        weights = (
-            None
-            if continued is None
-            else self.output_dir / f"trial-{continued.number:04d}" / BEST_WEIGHTS
-        )
-        if continued is None or weights is None or not weights.is_file():
-            self.log(
-                f"trial {trial.number}: the weights of KerasTuner trial {continued_id} are "
-                f"gone; it trains from the start up to epoch {until}"
-            )
-            return EpochPlan(until_epoch=until, save_weights=True), None
-        trial.set_user_attr(TrialAttr.CONTINUES_TRIAL, continued.number)
-        trial.set_user_attr(TrialAttr.AFTER_EPOCH, after)
-        inherited = continued.value if continued.value is not None else _best_reported(continued)
-        plan = EpochPlan(
-            after_epoch=after, until_epoch=until, initial_weights=str(weights), save_weights=True
-        )
-        return plan, inherited
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> PruneDecision | None:
         return None  # Hyperband's rounds are epoch windows; the others train every epoch

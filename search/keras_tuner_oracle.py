@@ -179,7 +179,9 @@ def make_oracle(settings: OracleSettings) -> Any:
     common: dict[str, Any] = {
         "objective": keras_tuner.Objective(OBJECTIVE, direction="max"),
         "hyperparameters": declare_space(settings.space),
-        "seed": settings.seed,
+        # KerasTuner reads a seed of 0 as none and draws one at random; numpy's seeds end at
+        # 2**32 - 1, which stands for 0 here.
+        "seed": settings.seed or 2**32 - 1,
         "max_retries_per_trial": settings.retries,
         # The coordinator stops the study after its own streak of failures (--max-consecutive-
         # failures); KerasTuner's would raise in the middle of a tell.
