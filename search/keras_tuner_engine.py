@@ -229,8 +229,7 @@ class KerasTunerEngine:
         self.folder = output_dir / ORACLE_FOLDER
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock_file = self._hold_folder()
-        self.state_file = self.folder / spec.name / "oracle.json"
-        self.had_state = self.state_file.is_file()
+        self.had_state = (self.folder / spec.name / "oracle.json").is_file()
         self.values_sampler = FixedValuesSampler()
         self.requests = 0
         self.stopped = False

@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from search.keras_tuner_space import active_scopes
 from spaces.finetune import FineTuneSpace
 from spaces.parameters import Role
 
@@ -120,8 +121,6 @@ class OracleFailed:
 
 def most_epochs(space: FineTuneSpace) -> int:
     """The longest config of the space, in epochs: Hyperband's `max_epochs`."""
-    from search.keras_tuner_space import active_scopes
-
     described = {parameter.name: parameter for parameter in space.parameters()}
 
     def largest(name: str) -> int:
