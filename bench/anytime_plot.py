@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from bench.search_quality import SystemRun
+from bench.search_results import KERAS_TUNER, SystemRun
 
 
 def plot_anytime(runs: Sequence[SystemRun], path: Path) -> Path:
@@ -21,8 +19,6 @@ def plot_anytime(runs: Sequence[SystemRun], path: Path) -> Path:
 
     matplotlib.use("Agg")  # files only; works on machines without a display
     import matplotlib.pyplot as plt
-
-    from bench.search_quality import KERAS_TUNER
 
     seeds = sorted({run.seed for run in runs})
     systems = list(dict.fromkeys(run.system for run in runs))

@@ -27,7 +27,7 @@ from typing import Any
 import optuna
 
 from bench.trials import best_accuracy, train
-from search.pruning import EpochView
+from search.pruning.collapse import EpochView
 from spaces import demo
 from spaces.finetune import FineTuneSpace
 

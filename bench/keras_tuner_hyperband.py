@@ -4,10 +4,10 @@ The competitor of `bench.search_quality`: `search.run --engine keras-tuner --ora
 in one process. The same pieces as the engine, with the trials trained here (`bench.trials`)
 instead of in worker processes, so that an epoch costs what it costs every other system:
 
-- the oracle is the engine's (`search.keras_tuner_oracle.OracleServer`): KerasTuner's
+- the oracle is the engine's (`search.engines.oracle.OracleServer`): KerasTuner's
   `HyperbandOracle` with the space declared in conditional scopes, its trials turned into
   configs by `KerasTunerSuggester`;
-- a trial trains its round's window of epochs (`search.keras_tuner_engine.round_window`); one
+- a trial trains its round's window of epochs (`search.engines.keras_tuner.round_window`); one
   that continues an earlier round's trial starts from that trial's best-epoch weights after
   `tuner/initial_epoch`, as KerasTuner's own Hyperband does, so it is charged only the epochs
   it trains;
@@ -26,12 +26,12 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from bench.trials import TrainedTrial, TrialData, train
-from search.keras_tuner_engine import oracle_result, round_window
-from search.keras_tuner_oracle import EndTrial, NextTrial, OracleServer, OracleSettings
-from search.pruning import CollapseRules, EpochView, find_collapse
+from search.engines.keras_tuner import oracle_result, round_window
+from search.engines.oracle import EndTrial, NextTrial, OracleServer, OracleSettings
+from search.pruning.collapse import CollapseRules, EpochView, find_collapse
 from spaces.finetune import FineTuneSpace
-from trainers.config import TrainConfig
-from trainers.epoch_window import EpochWindow
+from trainers.config.schema import TrainConfig
+from trainers.fit.window import EpochWindow
 
 
 @dataclass(frozen=True)

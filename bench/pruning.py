@@ -30,8 +30,8 @@ import optuna
 from bench.corpus import TASKS, Corpus, build_corpus, corpus_path
 from bench.plots import plot_prunes
 from bench.replay import PrunerStack, ReplayResult, replay
-from search.pruning import PRUNERS
-from search.studies import get_study_spec
+from search.pruning.collapse import PRUNERS
+from search.study.registry import get_study_spec
 
 DEFAULT_CORPUS_DIR = Path(__file__).parent / "corpus"
 

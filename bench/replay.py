@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from bench.corpus import Corpus, CurveRecord
-from search.pruning import CollapseRules, PruneDecision, find_collapse, optuna_decision
+from search.pruning.collapse import CollapseRules, PruneDecision, find_collapse, optuna_decision
 from search.vocabulary import Reason
 
 #: A final best within this of the corpus's best counts as a winner, whatever its rank.

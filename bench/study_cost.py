@@ -44,7 +44,7 @@ the study's `other` holds them too.
 It also checks that both sides reached comparable accuracy, so that speed is not bought with
 wrong results: per config, the best validation accuracy of the two must differ by no more
 than the measurement noise of the difference, z = 2 standard errors of two binomial
-proportions on the validation images (`search.noise`, as the collapse rules measure it: 0.11
+proportions on the validation images (`search.pruning.noise`, as the collapse rules measure it: 0.11
 at 80% on 100 images). Both train the same config on the same images, so a real fault (other
 weights, preprocessing, features or split) shows as a larger gap; a config that fails is
 marked and the exit status is 1.
@@ -85,13 +85,13 @@ from bench.study_timeline import (
     StudyTimeline,
     TimedLine,
 )
-from search.noise import Noise
+from search.pruning.noise import Noise
 from spaces import demo
 from spaces.finetune import FineTuneSpace
-from trainers.backbones import build_backbone, get_backbone, group_layers_into_units
-from trainers.config import TrainConfig
-from trainers.image_folder import ImageFolder, scan_image_folder, stratified_split
-from trainers.synthetic import write_image_folder
+from trainers.config.schema import TrainConfig
+from trainers.data.image_folder import ImageFolder, scan_image_folder, stratified_split
+from trainers.data.synthetic import write_image_folder
+from trainers.model.backbones import build_backbone, get_backbone, group_layers_into_units
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 0.6

@@ -27,9 +27,9 @@ from typing import Any
 
 import optuna
 
-from search.pruning import CollapseRules
+from search.pruning.collapse import CollapseRules
 from search.run import main as search_main
-from search.studies import STUDIES, EnqueuedTrial, StudySpec
+from search.study.registry import STUDIES, EnqueuedTrial, StudySpec
 from spaces.finetune import FineTuneSpace
 
 STUDY_NAME = "study_cost"

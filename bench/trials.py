@@ -2,7 +2,7 @@
 
 Every system of `bench.search_quality` (Optuna studies, KerasTuner's Hyperband, random search,
 the hand recipe) trains its configurations through `train`, which calls the project's trainer
-(`trainers.fit.fit`) with a per-epoch judge: the judge sees the epochs so far and answers None
+(`trainers.fit.loop.fit`) with a per-epoch judge: the judge sees the epochs so far and answers None
 (go on) or why to stop. So every system pays the same for an epoch, and a system's cost is the
 epochs it asked for. The benchmark runs in one process, without the coordinator's worker
 processes: what it compares is where each system spends its epochs, and a process per trial
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from search.pruning import EpochView
-from trainers.config import TrainConfig
+from search.pruning.collapse import EpochView
+from trainers.config.schema import TrainConfig
 
 if TYPE_CHECKING:
-    from trainers.epoch_window import EpochWindow
+    from trainers.fit.window import EpochWindow
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,9 @@ def train(
     when it trained any."""
     import keras
 
-    from trainers.data import load_datasets
-    from trainers.epoch_window import EVERY_EPOCH
-    from trainers.fit import fit
+    from trainers.data.pipelines import load_datasets
+    from trainers.fit.loop import fit
+    from trainers.fit.window import EVERY_EPOCH
 
     began = time.monotonic()
     keras.backend.clear_session()  # one process trains every trial: start each from nothing

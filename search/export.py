@@ -20,11 +20,17 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search.engines import EngineChoice
-from search.storage import DEFAULT_STORAGE, StorageError, check_storage_url, make_storage, redact
-from search.study_file import is_study_file, load_study_file
+from search.engines.base import EngineChoice
+from search.storage.urls import (
+    DEFAULT_STORAGE,
+    StorageError,
+    check_storage_url,
+    make_storage,
+    redact,
+)
+from search.study.files import is_study_file, load_study_file
 from search.vocabulary import StudyAttr, TrialAttr
-from trainers.config import Provenance, TrainConfig
+from trainers.config.schema import Provenance, TrainConfig
 from trainers.errors import TrainerInputError
 from trainers.redaction import hide_passwords
 

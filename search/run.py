@@ -7,7 +7,7 @@
 The trial count is the study's target total: running the same command again continues the
 study until that many trials have finished, so an interrupted study is completed, not
 restarted. `--budget-epochs` and `--budget-hours` bound it by compute instead (or as well),
-shared the same way (`search.budget`). One line is printed per finished trial (number, state,
+shared the same way (`search.study.budget`). One line is printed per finished trial (number, state,
 value or reason, best so far, elapsed time, compute spent), plus one per epoch. Bad input is
 one `error:` line and exit status 2, before any trial starts.
 """
@@ -24,22 +24,22 @@ from pathlib import Path
 
 import optuna
 
-from search.active_trial import WorkerEntry
-from search.coordinator import run_study
-from search.engines import ENGINES, EngineChoice
-from search.keras_tuner_oracle import ORACLES
-from search.pruning import PRUNERS
-from search.retry import RetryPolicy, StudyStoppedError
-from search.slots import SlotError, detect_gpus, parse_gpus, worker_environments
-from search.storage import DEFAULT_STORAGE, StorageError, check_storage_url, redact
-from search.storage_retry import StorageLostError
-from search.studies import STUDIES, StudySpec, UnknownStudyError
-from search.study_file import resolve_study, with_overrides
-from search.study_setup import RunSettings, StudyMismatchError
-from search.worker import run_worker
-from trainers.cache_store import GIGABYTE
+from search.engines.base import ENGINES, EngineChoice
+from search.engines.oracle import ORACLES
+from search.pruning.collapse import PRUNERS
+from search.runner.active_trial import WorkerEntry
+from search.runner.coordinator import run_study
+from search.runner.slots import SlotError, detect_gpus, parse_gpus, worker_environments
+from search.runner.worker import run_worker
+from search.storage.retry import StorageLostError
+from search.storage.urls import DEFAULT_STORAGE, StorageError, check_storage_url, redact
+from search.study.files import resolve_study, with_overrides
+from search.study.registry import STUDIES, StudySpec, UnknownStudyError
+from search.study.setup import RunSettings, StudyMismatchError
+from search.trial.retry import RetryPolicy, StudyStoppedError
+from trainers.caching.store import GIGABYTE
+from trainers.data.image_folder import scan_image_folder
 from trainers.errors import ModelBuildError, TrainerInputError
-from trainers.image_folder import scan_image_folder
 from trainers.outputs import ensure_writable_folder
 from trainers.redaction import hide_passwords
 from trainers.tracking import check_tracking_uri, resolve_tracking_uri

@@ -4,7 +4,7 @@
     python -m search.sync --output runs/search/effnet_b4 --tracking-uri http://mlflow:5000
 
 A coordinator that could not reach the MLflow server keeps its writes in
-`OUTPUT/mlflow-spool-<host>-<pid>.jsonl` (`search.tracking_spool`) and replays them itself when
+`OUTPUT/mlflow-spool-<host>-<pid>.jsonl` (`search.tracking.spool`) and replays them itself when
 the server answers again; what is left when the study ends is replayed by this command, with
 the original steps and timestamps. A spool emptied is removed, so running it twice writes
 nothing twice; a spool the server still cannot take stays for the next try.
@@ -17,8 +17,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from search.storage import redact
-from search.tracking_spool import SPOOL_PREFIX, replay_spool, server_unreachable
+from search.storage.urls import redact
+from search.tracking.spool import SPOOL_PREFIX, replay_spool, server_unreachable
 from trainers.redaction import hide_passwords
 from trainers.tracking import TrackingError, check_tracking_uri, make_client, resolve_tracking_uri
 

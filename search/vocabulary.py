@@ -3,7 +3,8 @@
 Every reason and attribute key the search writes to Optuna or MLflow is defined here and only
 here, so that the runner, the pruner, the retry policy, the analysis and the tests agree on
 them. The one reason not listed is an Optuna pruner's, which is its name (`median`, `asha`,
-`hyperband`: `search.pruning.PRUNERS`). Both enums are `StrEnum`s: a member *is* its string,
+`hyperband`: `search.pruning.collapse.PRUNERS`). Both enums are `StrEnum`s: a member *is* its
+string,
 so it can be stored, compared with what the storage returns, and used as a dictionary key or an
 MLflow tag as it is.
 """
@@ -17,12 +18,12 @@ class Reason(StrEnum):
     """Why a trial stopped early or failed (user attribute `prune_reason` or `fail_reason`,
     and the MLflow tag of the same name)."""
 
-    # Pruned by the collapse rules (search/pruning.py).
+    # Pruned by the collapse rules (search/pruning/collapse.py).
     NAN = "nan"
     CHANCE = "chance"
     UNFREEZE_SHOCK = "unfreeze_shock"
     COLLAPSE = "collapse"
-    # Failed in the worker (search/worker.py); a `gpu_oom` trial is told PRUNED, so that the
+    # Failed in the worker (search/runner/worker.py); a `gpu_oom` trial is told PRUNED, so that the
     # sampler learns its region is infeasible.
     INPUT = "input"
     GPU_OOM = "gpu_oom"
@@ -75,7 +76,7 @@ class TrialAttr(StrEnum):
     RETRY_REASON = "retry_reason"
     #: MLflow tag only: whether a failed trial was queued again.
     RETRIED = "retried"
-    #: The KerasTuner engine (`search.keras_tuner_engine`): the oracle's trial id, the
+    #: The KerasTuner engine (`search.engines.keras_tuner`): the oracle's trial id, the
     #: Hyperband bracket and round, the last global epoch of the round, and for a trial that
     #: continues an earlier round's trial, that trial's number and the epoch it starts after.
     KERAS_TUNER_TRIAL = "keras_tuner_trial"
@@ -99,7 +100,7 @@ class StudyAttr(StrEnum):
     WEIGHTS = "weights"
     IMAGE_SIZE = "image_size"
     #: The engine that chooses the trials: `optuna`, or `keras-tuner hyperband` and the like
-    #: (`search.engines.EngineChoice.label`); likewise.
+    #: (`search.engines.base.EngineChoice.label`); likewise.
     ENGINE = "engine"
     #: Every searched parameter's role, name -> `scientific` / `nuisance` / `fixed`
     #: (`spaces.parameters.Role`), for the analysis.

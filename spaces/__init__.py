@@ -2,6 +2,7 @@
 
 A space takes any object with Optuna's `suggest_float / suggest_int / suggest_categorical`
 methods (an `optuna.Trial`, `optuna.trial.FixedTrial`, or an adapter for another engine),
-imports only `trainers.config`, and has no side effects. Each module's docstring gives its run
+imports only `trainers.config.schema`, and has no side effects. Each module's docstring gives its
+run
 command and which parameters are scientific, nuisance and fixed.
 """

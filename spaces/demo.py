@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spaces.finetune import FineTuneSpace, Suggester
-from trainers.config import TrainConfig
+from trainers.config.schema import TrainConfig
 
 DEFAULT_DATA = "synthetic:target"
 #: An absolute path: the file ships inside the package, wherever it is installed.

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from spaces.effnet_b4 import SPACE as B4_SPACE
 from spaces.finetune import FineTuneSpace, Suggester
-from trainers.config import TrainConfig
+from trainers.config.schema import TrainConfig
 
 DEFAULT_DATA = "data/stanford_dogs/train"
 

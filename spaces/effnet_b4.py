@@ -14,13 +14,13 @@ Fixed: EfficientNetB4, 380 px, raw 0-255 inputs, Adam for the head phase, cosine
   the fine-tune phase, 20% of the training images held out for validation, seed 0; the
   objective is the best validation accuracy over all epochs, not the last.
 
-The study's first trial is the seed guide's recipe (search.studies.EFFNET_B4_RECIPE).
+The study's first trial is the seed guide's recipe (search.study.registry.EFFNET_B4_RECIPE).
 """
 
 from __future__ import annotations
 
 from spaces.finetune import FineTuneSpace, Suggester
-from trainers.config import TrainConfig
+from trainers.config.schema import TrainConfig
 
 DEFAULT_DATA = "data/stanford_dogs/train"
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from spaces.parameters import Parameter, Role, with_roles
-from trainers.config import TrainConfig
+from trainers.config.schema import TrainConfig
 
 FloatRange = tuple[float, float]
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from spaces.effnet_b4 import SPACE as EFFNET_B4_SPACE
 from spaces.finetune import FineTuneSpace
-from trainers.backbones import BackboneSpec, get_backbone
+from trainers.model.backbones import BackboneSpec, get_backbone
 
 #: Steps of one unit each at the top of every ladder (0 = linear probe), where one more
 #: block makes the most difference (surgical fine-tuning).

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from spaces.demo import PRETRAINED_WEIGHTS
 from spaces.finetune import FineTuneSpace, Suggester
-from trainers.config import TrainConfig
+from trainers.config.schema import TrainConfig
 
 DEFAULT_DATA = "synthetic:target"
 

@@ -63,7 +63,7 @@ def small_config_dict(**overrides: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def make_config() -> Callable[..., Any]:
-    from trainers.config import TrainConfig
+    from trainers.config.schema import TrainConfig
 
     def make(**overrides: Any) -> TrainConfig:
         return TrainConfig.from_dict(small_config_dict(**overrides))
@@ -74,7 +74,7 @@ def make_config() -> Callable[..., Any]:
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """Three classes x 8 PNGs at 40 px, in the Stanford Dogs folder layout."""
-    from trainers.synthetic import write_image_folder
+    from trainers.data.synthetic import write_image_folder
 
     return write_image_folder(
         tmp_path / "images", "target", num_classes=3, images_per_class=8, image_size=40

@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 
 from search.vocabulary import TrialAttr
 from tests.conftest import PRETRAINED_WEIGHTS, REPO
-from trainers.config import TrainConfig
+from trainers.config.schema import TrainConfig
 
 pytestmark = pytest.mark.slow
 

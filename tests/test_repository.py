@@ -33,7 +33,8 @@ def test_the_search_coordinator_never_loads_tensorflow() -> None:
     # The coordinator must hold no GPU memory and start fast: everything it imports, including
     # the worker module it spawns from, leaves TensorFlow and Keras to the workers.
     code = (
-        "import sys; import search.run, search.export, search.coordinator, search.worker;"
+        "import sys; import search.run, search.export, search.runner.coordinator, "
+        "search.runner.worker;"
         "loaded = [m for m in ('tensorflow', 'keras') if m in sys.modules]; print(loaded)"
     )
     done = subprocess.run(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from trainers.config import TrainConfig
+from trainers.config.schema import TrainConfig
 from trainers.errors import TrainerInputError
 
 DEFAULT_OUT = "spaces/weights/mobilenetv3small_synthetic_source_64.weights.h5"
@@ -57,9 +57,9 @@ def pretrain(args: argparse.Namespace) -> Path:
     import keras
     import tensorflow as tf
 
-    from trainers.data import load_datasets
-    from trainers.model import build_model, set_trainable_units
-    from trainers.optimization import make_optimizer
+    from trainers.data.pipelines import load_datasets
+    from trainers.model.optimization import make_optimizer
+    from trainers.model.surgery import build_model, set_trainable_units
 
     config = pretrain_config(args)
     keras.utils.set_random_seed(args.seed)

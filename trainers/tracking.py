@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trainers.config import TrainConfig
+from trainers.config.schema import TrainConfig
 from trainers.errors import TrainerInputError
 from trainers.redaction import redact
 

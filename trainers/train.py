@@ -18,8 +18,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from trainers.cache_store import GIGABYTE
-from trainers.config import TrainConfig, load_config, save_config
+from trainers.caching.store import GIGABYTE
+from trainers.config.schema import TrainConfig, load_config, save_config
 from trainers.errors import TrainerInputError
 from trainers.outputs import ensure_writable_folder
 from trainers.tracking import (
@@ -93,9 +93,9 @@ def train(
 
     # Importing the Keras side only now keeps `--help` and config errors instant.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from trainers.data import load_datasets
-    from trainers.fit import fit
-    from trainers.plots import plot_learning_curves
+    from trainers.data.pipelines import load_datasets
+    from trainers.fit.loop import fit
+    from trainers.fit.plots import plot_learning_curves
 
     # Bad data, an unusable tracking URI, an unwritable folder: all fail before a run or a
     # file is created.

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.search_quality import (
-    FULL,
+from bench.search_quality import FULL, QUICK, QUICK_SPACE, fingerprint, in_space
+from bench.search_results import (
     KERAS_TUNER,
-    QUICK,
-    QUICK_SPACE,
     RANDOM,
     RECIPE,
     SHIPPED,
@@ -22,14 +20,13 @@ from bench.search_quality import (
     SearchTrial,
     SystemRun,
     conclusion,
-    in_space,
     load,
     reach_ratios,
     save,
     table,
 )
-from search.keras_tuner_space import KerasTunerSuggester, declare_space
-from search.studies import DEMO_RECIPE
+from search.engines.keras_tuner_space import KerasTunerSuggester, declare_space
+from search.study.registry import DEMO_RECIPE
 from tests.conftest import REPO
 
 
@@ -69,10 +66,11 @@ def test_the_last_line_is_the_shipped_study_against_keras_tuners_best() -> None:
 
 
 def test_saved_runs_are_kept_only_for_the_same_space_and_budget(tmp_path: Path) -> None:
-    path = save([KT, ASHA], QUICK, tmp_path / "runs.json")
-    assert load(QUICK, path) == [KT, ASHA]
-    assert load(dataclasses.replace(QUICK, max_epochs=4), path) == []
-    assert load(FULL, path) == [] and load(QUICK, tmp_path / "none.json") == []
+    path = save([KT, ASHA], fingerprint(QUICK), tmp_path / "runs.json")
+    assert load(fingerprint(QUICK), path) == [KT, ASHA]
+    assert load(fingerprint(dataclasses.replace(QUICK, max_epochs=4)), path) == []
+    assert load(fingerprint(FULL), path) == []
+    assert load(fingerprint(QUICK), tmp_path / "none.json") == []
 
 
 def test_the_table_has_a_row_per_run_and_a_summary_per_system() -> None:

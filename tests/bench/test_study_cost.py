@@ -28,10 +28,10 @@ from bench.study_cost import (
     script_spec,
 )
 from bench.study_cost_run import STUDY_NAME, UnprunedStudySpec, space_from_plan, study_spec
-from search.pruning import CollapseRules, EpochView, find_collapse
+from search.pruning.collapse import CollapseRules, EpochView, find_collapse
 from spaces.demo import PRETRAINED_WEIGHTS
 from tests.conftest import REPO
-from trainers.image_folder import ImageFolder
+from trainers.data.image_folder import ImageFolder
 
 DATA = "/data/images"
 

@@ -15,7 +15,7 @@ import optuna
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from search.budget import Limits, budget
+from search.study.budget import Limits, budget
 from search.vocabulary import TrialAttr
 from tests.conftest import REPO
 

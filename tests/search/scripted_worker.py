@@ -1,10 +1,12 @@
 """A scripted stand-in for the trial worker: reports given epochs through the real protocol.
 
-The coordinator spawns it exactly as it spawns `search.worker.run_worker` (a fresh process, the
+The coordinator spawns it exactly as it spawns `search.runner.worker.run_worker` (a fresh process,
+the
 same pipe, the same messages), but instead of training a Keras model it plays a script: these
 validation accuracies, then finish; or NaN at epoch 2; or die at epoch 1; or fail with a given
 reason. It imports no TensorFlow, so a coordinator test runs in seconds, not minutes. A
-`gpu_oom` in FINETUNE_SEARCH_FAULTS (`search.faults`) strikes it as it strikes the real worker.
+`gpu_oom` in FINETUNE_SEARCH_FAULTS (`search.runner.faults`) strikes it as it strikes the real
+worker.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 
-from search.faults import faults_for
-from search.protocol import Epoch, Failed, Finished, Started, Stop, WorkerRequest
+from search.runner.faults import faults_for
+from search.runner.protocol import Epoch, Failed, Finished, Started, Stop, WorkerRequest
 from search.vocabulary import Reason
-from trainers.config import TrainConfig
+from trainers.config.schema import TrainConfig
 
 
 @dataclass(frozen=True)

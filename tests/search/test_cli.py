@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import REPO
-from trainers.config import load_config
+from trainers.config.schema import load_config
 
 
 def _run(
@@ -51,7 +51,7 @@ def test_missing_data_folder_is_reported_before_any_trial(tmp_path: Path) -> Non
 
 
 def test_single_class_data_folder_is_reported_before_any_trial(tmp_path: Path) -> None:
-    from trainers.synthetic import write_image_folder
+    from trainers.data.synthetic import write_image_folder
 
     write_image_folder(
         tmp_path / "dogs", "target", num_classes=2, images_per_class=2, image_size=32

@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from search.studies import EnqueuedTrial, StudySpec
-from search.study_setup import RunSettings
+from search.study.registry import EnqueuedTrial, StudySpec
+from search.study.setup import RunSettings
 from spaces.finetune import Suggester
 from tests.conftest import PRETRAINED_WEIGHTS
-from trainers.config import TrainConfig
+from trainers.config.schema import TrainConfig
 
 WEIGHTS = {
     "pretrained": str(PRETRAINED_WEIGHTS),

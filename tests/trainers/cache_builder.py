@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from trainers.cache_store import CacheKey, cached_entry
+from trainers.caching.store import CacheKey, cached_entry
 
 DEMO_KEY = CacheKey("demo", {"size": 64})
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from trainers.config import load_config
-from trainers.history import TrainingHistory
+from trainers.config.schema import load_config
+from trainers.fit.history import TrainingHistory
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

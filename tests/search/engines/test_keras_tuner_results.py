@@ -1,0 +1,167 @@
+"""What the KerasTuner engine tells its oracle, and how it plans Hyperband's rounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from search.engines.base import EpochPlan, FixedValuesSampler
+from search.engines.keras_tuner import (
+    BEST_WEIGHTS,
+    RoundWindow,
+    oracle_result,
+    recorded_result,
+    round_plan,
+    round_window,
+)
+from search.vocabulary import Reason, TrialAttr
+from trainers.config.schema import TrainConfig
+from trainers.errors import TrainerInputError
+
+
+def _trial(
+    number: int,
+    state: TrialState,
+    *,
+    value: float | None = None,
+    curve: dict[int, float] | None = None,
+    **attrs: object,
+) -> FrozenTrial:
+    trial = create_trial(
+        state=state,
+        value=value,
+        intermediate_values=curve or {},
+        user_attrs={TrialAttr.KERAS_TUNER_TRIAL.value: f"{number:04d}", **attrs},
+    )
+    trial.number = number
+    return trial
+
+
+def test_a_round_window_is_read_from_hyperbands_values() -> None:
+    # Oracles without rounds (random, bayesian) train the whole config.
+    assert round_window({"head_lr": 0.01}) is None
+    # A first-round trial trains up to its round's epochs.
+    first = {"tuner/epochs": 2, "tuner/initial_epoch": 0, "tuner/bracket": 1, "tuner/round": 0}
+    assert round_window(first) == RoundWindow(until_epoch=2)
+    # A continuation trains on after the epochs its earlier trial trained.
+    later = {**first, "tuner/epochs": 5, "tuner/initial_epoch": 2, "tuner/trial_id": "0003"}
+    assert round_window(later) == RoundWindow(until_epoch=5, after_epoch=2, continued="0003")
+
+
+def test_a_continuation_starts_from_its_earlier_trials_weights(tmp_path: Path) -> None:
+    earlier = _trial(3, TrialState.COMPLETE, value=0.6)
+    (tmp_path / "trial-0003").mkdir()
+    (tmp_path / "trial-0003" / BEST_WEIGHTS).write_bytes(b"weights")
+    window = RoundWindow(until_epoch=5, after_epoch=2, continued="0003")
+    planned = round_plan(window, [earlier], tmp_path)
+    # It loads the earlier trial's best-epoch weights, trains epochs 3 to 5 and keeps its own.
+    assert planned.plan == EpochPlan(
+        after_epoch=2,
+        until_epoch=5,
+        initial_weights=str(tmp_path / "trial-0003" / BEST_WEIGHTS),
+        save_weights=True,
+    )
+    assert planned.continued == 3
+    # With nothing left to train it would be closed with the earlier trial's result.
+    assert planned.inherited is not None and planned.inherited.state == TrialState.COMPLETE
+    assert planned.inherited.value == 0.6 and planned.inherited_best == 0.6
+
+
+def test_a_continuation_of_a_pruned_trial_inherits_the_prune(tmp_path: Path) -> None:
+    earlier = _trial(
+        1, TrialState.PRUNED, curve={1: 0.4, 2: 0.3}, prune_reason=Reason.COLLAPSE.value
+    )
+    (tmp_path / "trial-0001").mkdir()
+    (tmp_path / "trial-0001" / BEST_WEIGHTS).write_bytes(b"weights")
+    planned = round_plan(RoundWindow(3, 2, "0001"), [earlier], tmp_path)
+    # Pruned stays pruned, with its reason; its best epoch so far is what the oracle hears.
+    assert planned.inherited is not None and planned.inherited.state == TrialState.PRUNED
+    assert planned.inherited.reason == Reason.COLLAPSE and planned.inherited_best == 0.4
+
+
+def test_a_continuation_whose_weights_are_gone_trains_from_the_start(tmp_path: Path) -> None:
+    window = RoundWindow(until_epoch=5, after_epoch=2, continued="0003")
+    from_start = EpochPlan(until_epoch=5, save_weights=True)
+    # No weights file, or an earlier trial that never finished: epochs 1 to 5, from scratch.
+    assert round_plan(window, [_trial(3, TrialState.COMPLETE, value=0.6)], tmp_path).plan == (
+        from_start
+    )
+    failed = _trial(3, TrialState.FAIL)
+    (tmp_path / "trial-0003").mkdir()
+    (tmp_path / "trial-0003" / BEST_WEIGHTS).write_bytes(b"weights")
+    planned = round_plan(window, [failed], tmp_path)
+    assert planned.plan == from_start and planned.continued is None
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "value", "told"),
+    [
+        (TrialState.COMPLETE, "", 0.7, ("COMPLETED", 0.7)),
+        # A pruned trial is scored by its best epoch so far, as an EarlyStopping callback.
+        (TrialState.PRUNED, Reason.UNFREEZE_SHOCK, 0.5, ("COMPLETED", 0.5)),
+        # Out of GPU memory, or no finite epoch: nothing to score.
+        (TrialState.PRUNED, Reason.GPU_OOM, 0.5, ("FAILED", None)),
+        (TrialState.PRUNED, Reason.NAN, None, ("FAILED", None)),
+        # A crash is INVALID (the oracle runs it again); bad input FAILED.
+        (TrialState.FAIL, Reason.WORKER_DIED, None, ("INVALID", None)),
+        (TrialState.FAIL, Reason.HOST_OOM, None, ("INVALID", None)),
+        (TrialState.FAIL, Reason.INPUT, None, ("FAILED", None)),
+    ],
+)
+def test_what_the_oracle_is_told(
+    state: TrialState, reason: str, value: float | None, told: tuple[str, float | None]
+) -> None:
+    result = oracle_result(state, reason, value, "detail")
+    assert (result.status, result.value) == told
+
+
+def test_a_recorded_result_is_told_once_and_a_crash_runs_again() -> None:
+    # A finished trial's result is what the oracle hears when it hands the trial out again.
+    complete = recorded_result(_trial(0, TrialState.COMPLETE, value=0.8))
+    assert complete is not None and (complete.status, complete.value) == ("COMPLETED", 0.8)
+    pruned = recorded_result(
+        _trial(1, TrialState.PRUNED, curve={1: 0.2, 2: 0.5}, prune_reason="asha")
+    )
+    assert pruned is not None and (pruned.status, pruned.value) == ("COMPLETED", 0.5)
+    failed = recorded_result(_trial(2, TrialState.FAIL, fail_reason=Reason.INPUT.value))
+    assert failed is not None and failed.status == "FAILED"
+    # A trial killed with its coordinator (no reason recorded), crashed or interrupted runs
+    # again: nothing to tell.
+    for reason in (None, Reason.WORKER_DIED, Reason.INTERRUPTED):
+        attrs = {} if reason is None else {"fail_reason": reason.value}
+        assert recorded_result(_trial(3, TrialState.FAIL, **attrs)) is None
+
+
+def test_a_window_plans_only_the_epochs_it_may_train() -> None:
+    config = TrainConfig.from_dict(
+        {
+            "data": {"source": "synthetic:target", "image_size": 32},
+            "model": {"backbone": "MobileNetV3Small", "weights": None},
+            "phases": [
+                {"epochs": 2, "learning_rate": 1e-3},
+                {"epochs": 3, "learning_rate": 1e-5, "unfreeze_blocks": 1},
+            ],
+        }
+    )
+    # What an epoch budget keeps for a running trial: its window, within its config.
+    assert EpochPlan().planned(config) == 5
+    assert EpochPlan(until_epoch=2).planned(config) == 2
+    assert EpochPlan(after_epoch=2, until_epoch=9).planned(config) == 3
+    assert EpochPlan(after_epoch=5, until_epoch=9).planned(config) == 0
+
+
+def test_the_fixed_values_sampler_answers_only_what_the_oracle_chose() -> None:
+    sampler = FixedValuesSampler()
+    study = optuna.create_study(sampler=sampler)
+    sampler.values = {"head_lr": 0.01}
+    trial = study.ask()
+    # The Optuna trial records exactly the oracle's value ...
+    assert trial.suggest_float("head_lr", 1e-4, 1e-1, log=True) == 0.01
+    assert trial.distributions["head_lr"] == FloatDistribution(1e-4, 1e-1, log=True)
+    # ... and a parameter the oracle did not choose is an error, never a silent draw.
+    with pytest.raises(TrainerInputError, match="'ft_lr_sgd'"):
+        trial.suggest_float("ft_lr_sgd", 1e-4, 1e-1, log=True)

@@ -1,0 +1,4 @@
+"""The model: backbones, surgery, preprocessing, regularization and optimization.
+
+Empty on purpose: importing the package loads none of its modules (nor TensorFlow).
+"""
