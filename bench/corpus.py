@@ -11,7 +11,7 @@ pruner costs no training to try. A corpus is one JSON file per generated task:
 Configurations are drawn from `BENCH_SPACE` (the demo's space with a deeper ladder, longer
 fine-tuning and more validation images) by Optuna's `RandomSampler` with a fixed seed, so the
 corpus depends only on the seed and the task. Each is trained in this process by the project's
-trainer (`bench.trials.train`), exactly as a worker would, never stopped.
+trainer (`bench.trials.train_trial`), exactly as a worker would, never stopped.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 import optuna
 
-from bench.trials import best_accuracy, train
+from bench.trials import best_accuracy, train_trial
 from search.pruning.collapse import EpochView
 from spaces import demo
 from spaces.finetune import FineTuneSpace
@@ -146,7 +146,7 @@ def build_corpus(
     for number in range(configurations):
         trial = study.ask()
         config = space.sample(trial, data_source)
-        trained = train(config)
+        trained = train_trial(config)
         num_classes, validation_images = trained.data.num_classes, trained.data.validation_images
         record = CurveRecord(
             number=number,

@@ -7,11 +7,12 @@ instead of in worker processes, so that an epoch costs what it costs every other
 - the oracle is the engine's (`search.engines.oracle.OracleServer`): KerasTuner's
   `HyperbandOracle` with the space declared in conditional scopes, its trials turned into
   configs by `KerasTunerSuggester`;
-- a trial trains its round's window of epochs (`search.engines.keras_tuner.round_window`); one
+- a trial trains its round's window of epochs (`search.engines.rounds.HyperbandRound`); one
   that continues an earlier round's trial starts from that trial's best-epoch weights after
   `tuner/initial_epoch`, as KerasTuner's own Hyperband does, so it is charged only the epochs
   it trains;
-- the collapse rules judge every epoch, as in the engine, and the oracle is told each result as
+- the per-epoch decision judges every epoch, as in the engine (`bench.trials.deciding`: the
+  collapse rules; a KerasTuner study has no Optuna pruner), and the oracle is told each result as
   the engine tells it (`oracle_result`): a pruned trial with its best epoch so far. A pruned
   trial's value does not count for the benchmark, as `search.export` would not export it.
 """
@@ -25,13 +26,13 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from bench.trials import TrainedTrial, TrialData, train
-from search.engines.keras_tuner import oracle_result, round_window
+from bench.trials import TrainedTrial, deciding, train_trial
 from search.engines.oracle import EndTrial, NextTrial, OracleServer, OracleSettings
-from search.pruning.collapse import CollapseRules, EpochView, find_collapse
+from search.engines.oracle_results import oracle_result
+from search.engines.rounds import hyperband_round
+from search.pruning.collapse import CollapseRules
 from spaces.finetune import FineTuneSpace
 from trainers.config.schema import TrainConfig
-from trainers.fit.window import EpochWindow
 
 
 @dataclass(frozen=True)
@@ -101,24 +102,20 @@ def run_keras_tuner_hyperband(
                 break
             assert proposed.config_yaml is not None, proposed.error
             config = TrainConfig.from_yaml(proposed.config_yaml)
-            window = round_window(proposed.values)
-            assert window is not None
+            round_ = hyperband_round(proposed.values)
+            assert round_ is not None
             weights = Path(folder) / f"{proposed.trial_id}.weights.h5"
-            start = best_weights.get(window.continued) if window.continued else None
+            start = best_weights.get(round_.trial_id) if round_.trial_id else None
             params = dict(proposed.params)
+            window = round_.window(start)
             if start is not None and window.after_epoch >= config.total_epochs:
                 # Its earlier trial trained the whole config: its result, as the engine tells.
-                assert window.continued is not None
-                earlier = results[window.continued]
+                assert round_.trial_id is not None
+                earlier = results[round_.trial_id]
                 counted = HyperbandTrial(params, 0, 0.0, earlier.best, earlier.pruned, True)
             else:
-                epochs = EpochWindow(
-                    after_epoch=window.after_epoch if start is not None else 0,
-                    until_epoch=window.until_epoch,
-                    initial_weights=start,
-                )
-                judge = _collapse_judge(config, rules)
-                trained = train(config, judge, window=epochs, save=weights)
+                decide = deciding(config, rules)
+                trained = train_trial(config, decide, window=window, save=weights)
                 if weights.is_file():
                     best_weights[proposed.trial_id] = weights
                 counted = HyperbandTrial.of(params, trained, start is not None)
@@ -130,20 +127,3 @@ def run_keras_tuner_hyperband(
             on_trial(counted)
     return trials
 
-
-def _collapse_judge(
-    config: TrainConfig, rules: CollapseRules
-) -> Callable[[tuple[EpochView, ...], TrialData], str | None]:
-    """The collapse rules on a trial's epochs so far, as the coordinator applies them."""
-
-    def judge(epochs: tuple[EpochView, ...], data: TrialData) -> str | None:
-        collapse = find_collapse(
-            epochs,
-            num_classes=data.num_classes,
-            validation_images=data.validation_images,
-            unfreezing_phases=config.unfreezing_phases,
-            rules=rules,
-        )
-        return None if collapse is None else str(collapse.reason)
-
-    return judge

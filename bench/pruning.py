@@ -29,8 +29,8 @@ import optuna
 
 from bench.corpus import TASKS, Corpus, build_corpus, corpus_path
 from bench.plots import plot_prunes
-from bench.replay import PrunerStack, ReplayResult, replay
-from search.pruning.collapse import PRUNERS
+from bench.replay import PrunerStack, ReplayResult, replay_corpus
+from search.pruning.decision import PRUNERS
 from search.study.registry import get_study_spec
 
 DEFAULT_CORPUS_DIR = Path(__file__).parent / "corpus"
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         corpus = build_corpus(task, configurations=args.configurations, seed=args.seed)
         print(f"wrote {corpus.save(path)}", flush=True)
         corpora.append(corpus)
-    results = [replay(corpus, stack) for corpus in corpora for stack in STACKS]
+    results = [replay_corpus(corpus, stack) for corpus in corpora for stack in STACKS]
     for corpus in corpora:
         print(
             f"{corpus.task}: {len(corpus.records)} configurations of {corpus.data_source}, "

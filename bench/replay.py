@@ -22,8 +22,8 @@ import optuna
 from optuna.trial import TrialState
 
 from bench.corpus import Corpus, CurveRecord
-from search.pruning.collapse import CollapseRules, PruneDecision, find_collapse, optuna_decision
-from search.vocabulary import Reason
+from search.pruning.collapse import CollapseRules, PruneDecision, find_collapse
+from search.pruning.decision import decide_epoch
 
 #: A final best within this of the corpus's best counts as a winner, whatever its rank.
 NEAR_BEST = 0.01
@@ -87,30 +87,26 @@ def _first_prune(
     trial = study.ask() if study is not None else None
     validation_images = corpus.validation_images if stack.noise_aware else None
     for index, epoch in enumerate(record.epochs):
-        decision = find_collapse(
+        collapse = find_collapse(
             record.epochs[: index + 1],
             num_classes=corpus.num_classes,
             validation_images=validation_images,
             unfreezing_phases=record.unfreezing_phases,
             rules=stack.rules,
         )
-        if study is not None and trial is not None:
-            # As the coordinator does: a non-finite value is never reported, every other is,
-            # and the Optuna pruner is asked only when no collapse rule fired.
-            if decision is None or decision.reason != Reason.NAN:
-                trial.report(epoch.val_accuracy, step=epoch.epoch)
-            if decision is None:
-                decision = optuna_decision(study, study.get_trials(deepcopy=False)[trial.number])
-            if decision is not None:
-                study.tell(trial, state=TrialState.PRUNED)
+        # As the coordinator decides: the collapse rules, then (with a study) the report and
+        # the Optuna pruner.
+        decision = decide_epoch(trial, epoch, collapse)
         if decision is not None:
+            if study is not None and trial is not None:
+                study.tell(trial, state=TrialState.PRUNED)
             return index + 1, decision
     if trial is not None and study is not None:
         study.tell(trial, record.best)
     return len(record.epochs), None
 
 
-def replay(corpus: Corpus, stack: PrunerStack) -> ReplayResult:
+def replay_corpus(corpus: Corpus, stack: PrunerStack) -> ReplayResult:
     """Run `stack` over every configuration of `corpus`, in order."""
     study = None
     if stack.optuna_pruner is not None:

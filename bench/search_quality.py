@@ -62,10 +62,8 @@ from bench.search_results import (
     save,
     table,
 )
-from bench.trials import TrialData, train
-from search.pruning.collapse import EpochView, find_collapse, optuna_decision
+from bench.trials import deciding, train_trial
 from search.study.registry import DEMO_RECIPE, EnqueuedTrial, StudySpec, get_study_spec
-from search.vocabulary import Reason
 from spaces.finetune import FineTuneSpace
 
 #: The quick (CI) space: one head epoch, two fine-tune epochs, a third of the images.
@@ -121,7 +119,7 @@ def _study_spec(pruner: str, space: FineTuneSpace) -> StudySpec:
     )
 
 
-def run_study(
+def run_project_study(
     spec: StudySpec, data_source: str, *, budget: int, seed: int, report: Progress
 ) -> list[SearchTrial]:
     """The project's study as the coordinator runs it, one trial at a time, until it has spent
@@ -135,27 +133,7 @@ def run_study(
     while sum(trial.epochs for trial in trials) < budget:
         trial = study.ask()
         config = spec.space(trial, data_source)
-
-        def judge(epochs: tuple[EpochView, ...], data: TrialData) -> str | None:
-            collapse = find_collapse(
-                epochs,
-                num_classes=data.num_classes,
-                validation_images=data.validation_images,
-                unfreezing_phases=config.unfreezing_phases,  # noqa: B023 (called in this loop)
-                rules=spec.rules,
-            )
-            if collapse is not None and collapse.reason == Reason.NAN:
-                return collapse.reason
-            trial.report(epochs[-1].val_accuracy, step=epochs[-1].epoch)  # noqa: B023
-            # The stored trial, as the coordinator reads it: the pruner judges what was
-            # reported, and Optuna offers no public getter for a running trial's record.
-            decision = collapse or optuna_decision(
-                study,
-                study._storage.get_trial(trial._trial_id),  # noqa: B023
-            )
-            return None if decision is None else decision.reason
-
-        trained = train(config, judge)
+        trained = train_trial(config, deciding(config, spec.rules, trial))
         if trained.stopped_by is None:
             study.tell(trial, trained.best)
             searched = SearchTrial(len(trained.epochs), trained.seconds, trained.best, "complete")
@@ -177,7 +155,7 @@ def run_random(
     trials: list[SearchTrial] = []
     while sum(trial.epochs for trial in trials) < budget:
         trial = study.ask()
-        trained = train(space.sample(trial, data_source))
+        trained = train_trial(space.sample(trial, data_source))
         study.tell(trial, trained.best)
         trials.append(SearchTrial(len(trained.epochs), trained.seconds, trained.best, "complete"))
         report(_trial_line(trials[-1], trials, budget, trained.best))
@@ -187,7 +165,7 @@ def run_random(
 def run_recipe(space: FineTuneSpace, data_source: str, *, report: Progress) -> list[SearchTrial]:
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial(dict(in_space(DEMO_RECIPE, space).params))
-    trained = train(space.sample(study.ask(), data_source))
+    trained = train_trial(space.sample(study.ask(), data_source))
     trial = SearchTrial(len(trained.epochs), trained.seconds, trained.best, "complete")
     report(_trial_line(trial, [trial], None, trained.best))
     return [trial]
@@ -261,7 +239,7 @@ def run_seed(
             spec = _study_spec(pruner, space)
             if system.endswith(NO_RECIPE_SUFFIX):
                 spec = dataclasses.replace(spec, enqueued=())
-            trials = run_study(spec, data_source, budget=budget, seed=seed, report=progress)
+            trials = run_project_study(spec, data_source, budget=budget, seed=seed, report=progress)
         record(SystemRun(system, seed, tuple(trials)))
 
 

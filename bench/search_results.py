@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.pruning.collapse import PRUNERS
+from search.pruning.decision import PRUNERS
 from search.study.registry import get_study_spec
 
 KERAS_TUNER = "keras-tuner hyperband"

@@ -1,9 +1,10 @@
 """One trial of the search benchmark: a configuration trained in this process, as a worker would.
 
 Every system of `bench.search_quality` (Optuna studies, KerasTuner's Hyperband, random search,
-the hand recipe) trains its configurations through `train`, which calls the project's trainer
-(`trainers.fit.loop.fit`) with a per-epoch judge: the judge sees the epochs so far and answers None
-(go on) or why to stop. So every system pays the same for an epoch, and a system's cost is the
+the hand recipe) trains its configurations through `train_trial`, which calls the project's
+trainer (`trainers.fit.loop.fit`) with a per-epoch decision: it sees the epochs so far and
+answers None (go on) or why to stop; `deciding` makes the coordinator's
+(`search.pruning.decision`). So every system pays the same for an epoch, and a system's cost is the
 epochs it asked for. The benchmark runs in one process, without the coordinator's worker
 processes: what it compares is where each system spends its epochs, and a process per trial
 would add the same start-up to every system's trials.
@@ -16,13 +17,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from search.pruning.collapse import EpochView
+import optuna
+
+from search.pruning.collapse import CollapseRules, EpochView, find_collapse
+from search.pruning.decision import decide_epoch
 from trainers.config.schema import TrainConfig
-
-if TYPE_CHECKING:
-    from trainers.fit.window import EpochWindow
+from trainers.fit.window import EVERY_EPOCH, EpochWindow
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,27 @@ class TrialData:
 
 
 #: Why to stop after the epochs so far (None: go on).
-Judge = Callable[[tuple[EpochView, ...], TrialData], str | None]
+Decide = Callable[[tuple[EpochView, ...], TrialData], str | None]
+
+
+def deciding(
+    config: TrainConfig, rules: CollapseRules, trial: optuna.Trial | None = None
+) -> Decide:
+    """The coordinator's per-epoch decision for a trial of `config` (`decide_epoch`): the
+    collapse rules on the epochs so far; with `trial`, its report and the study's pruner."""
+
+    def decide(epochs: tuple[EpochView, ...], data: TrialData) -> str | None:
+        collapse = find_collapse(
+            epochs,
+            num_classes=data.num_classes,
+            validation_images=data.validation_images,
+            unfreezing_phases=config.unfreezing_phases,
+            rules=rules,
+        )
+        decision = decide_epoch(trial, epochs[-1], collapse)
+        return None if decision is None else str(decision.reason)
+
+    return decide
 
 
 def best_accuracy(epochs: Sequence[EpochView]) -> float:
@@ -52,7 +73,7 @@ def best_accuracy(epochs: Sequence[EpochView]) -> float:
 class TrainedTrial:
     epochs: tuple[EpochView, ...]
     seconds: float
-    #: What the judge said when it stopped the trial, if it did.
+    #: What the per-epoch decision said when it stopped the trial, if it did.
     stopped_by: str | None
     data: TrialData
 
@@ -65,21 +86,20 @@ def _go_on(_epochs: tuple[EpochView, ...], _data: TrialData) -> None:
     return None
 
 
-def train(
+def train_trial(
     config: TrainConfig,
-    judge: Judge = _go_on,
+    decide: Decide = _go_on,
     *,
-    window: EpochWindow | None = None,
+    window: EpochWindow = EVERY_EPOCH,
     save: Path | None = None,
 ) -> TrainedTrial:
-    """Train `config` with the project's trainer, asking `judge` after every epoch; only the
+    """Train `config` with the project's trainer, asking `decide` after every epoch; only the
     epochs of `window`, from its weights, when given; its best epoch's weights go to `save`
     when it trained any."""
     import keras
 
     from trainers.data.pipelines import load_datasets
     from trainers.fit.loop import fit
-    from trainers.fit.window import EVERY_EPOCH
 
     began = time.monotonic()
     keras.backend.clear_session()  # one process trains every trial: start each from nothing
@@ -90,7 +110,7 @@ def train(
 
     def report(epoch: int, metrics: Mapping[str, float]) -> str | None:
         epochs.append(EpochView.from_metrics(epoch, metrics))
-        reason = judge(tuple(epochs), data)
+        reason = decide(tuple(epochs), data)
         if reason is not None:
             stopped_by.append(reason)
         return reason
@@ -100,7 +120,7 @@ def train(
         report=report,
         datasets=datasets,
         log=lambda _message: None,
-        window=window or EVERY_EPOCH,
+        window=window,
     )
     if save is not None and epochs:
         result.model.save_weights(save)

@@ -26,7 +26,7 @@ import optuna
 
 from search.engines.base import ENGINES, EngineChoice
 from search.engines.oracle import ORACLES
-from search.pruning.collapse import PRUNERS
+from search.pruning.decision import PRUNERS
 from search.runner.active_trial import WorkerEntry
 from search.runner.coordinator import run_study
 from search.runner.slots import SlotError, detect_gpus, parse_gpus, worker_environments

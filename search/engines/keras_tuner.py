@@ -22,11 +22,8 @@ out again, so no finished trial is run twice or lost. One coordinator runs a Ker
 from __future__ import annotations
 
 import fcntl
-import math
 import multiprocessing
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any
@@ -34,15 +31,7 @@ from typing import IO, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.engines.base import (
-    WAIT,
-    EngineChoice,
-    EpochPlan,
-    FixedValuesSampler,
-    Proposal,
-    Wait,
-    ask_quietly,
-)
+from search.engines.base import WAIT, EngineChoice, Proposal, Wait, ask_quietly
 from search.engines.oracle import (
     ORACLE_FOLDER,
     EndTrial,
@@ -54,146 +43,60 @@ from search.engines.oracle import (
     TrialEnded,
     serve,
 )
-from search.pruning.collapse import PruneDecision
+from search.engines.oracle_results import NOT_TOLD, OracleResult, oracle_result, recorded_result
+from search.engines.rounds import hyperband_round, round_plan
 from search.reporting.console import Log
 from search.study.registry import StudySpec
 from search.study.setup import StudyMismatchError
-from search.trial.closing import Ending, Verdict
-from search.trial.retry import INFRASTRUCTURE_FAILURES, USER_STOPS, RetryPolicy
+from search.trial.closing import Ending
+from search.trial.retry import RetryPolicy
 from search.vocabulary import Reason, TrialAttr
 from spaces.finetune import FineTuneSpace
 from trainers.config.schema import TrainConfig
 from trainers.errors import TrainerInputError
 
-#: The file a trial's worker saves its best-epoch weights to, in the trial's folder.
-BEST_WEIGHTS = "best.weights.h5"
 #: Seconds the oracle process may take to import KerasTuner (and TensorFlow) and load.
 ORACLE_START_TIMEOUT_S = 600.0
 #: Seconds one answer of the oracle may take.
 ORACLE_ANSWER_TIMEOUT_S = 120.0
-#: Reasons the oracle is not told of: the trial runs again from the oracle's reloaded state.
-NOT_TOLD = frozenset({*USER_STOPS, Reason.STALE_HEARTBEAT, Reason.TAKEN_OVER})
 
 
 class OracleError(RuntimeError):
     """The oracle process failed or stopped answering."""
 
 
-@dataclass(frozen=True)
-class OracleResult:
-    """What the oracle is told of a finished trial."""
+class FixedValuesSampler(optuna.samplers.BaseSampler):
+    """Answers each parameter with the value another engine chose for the trial being asked
+    (`values`, set before `ask`), so that the Optuna trial records exactly that trial."""
 
-    status: str
-    value: float | None = None
-    message: str = ""
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
 
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, optuna.distributions.BaseDistribution]:
+        return {}
 
-def oracle_result(
-    state: TrialState, reason: str, value: float | None, detail: str = ""
-) -> OracleResult:
-    """The oracle's view of a trial the study recorded (see the module docstring): `value`
-    is the trial's best validation accuracy, pruned or not."""
-    if state == TrialState.COMPLETE:
-        return OracleResult("COMPLETED", value)
-    if state == TrialState.PRUNED and reason != Reason.GPU_OOM and value is not None:
-        return OracleResult("COMPLETED", value, f"pruned: {reason}")
-    if reason in INFRASTRUCTURE_FAILURES:
-        return OracleResult("INVALID", None, f"{reason}: {detail}")
-    return OracleResult("FAILED", None, f"{reason}: {detail}")
+    def sample_relative(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        search_space: dict[str, optuna.distributions.BaseDistribution],
+    ) -> dict[str, Any]:
+        return {}
 
-
-@dataclass(frozen=True)
-class RoundWindow:
-    """A Hyperband trial's epochs: up to `until_epoch`, and for one that continues an earlier
-    round's trial (`continued`, KerasTuner's id), after `after_epoch`."""
-
-    until_epoch: int
-    after_epoch: int = 0
-    continued: str | None = None
-
-
-def round_window(values: Mapping[str, Any]) -> RoundWindow | None:
-    """The epoch window of a KerasTuner trial's values; None for an oracle without rounds."""
-    if "tuner/epochs" not in values:
-        return None
-    continued = values.get("tuner/trial_id")
-    return RoundWindow(
-        until_epoch=int(values["tuner/epochs"]),
-        after_epoch=int(values.get("tuner/initial_epoch", 0)) if continued else 0,
-        continued=None if continued is None else str(continued),
-    )
-
-
-@dataclass(frozen=True)
-class RoundPlan:
-    """How a Hyperband trial runs: its epoch plan; for a continuation, the study's trial it
-    continues and that trial's verdict and best value (what a continuation with nothing left to
-    train is closed with)."""
-
-    plan: EpochPlan
-    continued: int | None = None
-    inherited: Verdict | None = None
-    inherited_best: float | None = None
-
-
-def round_plan(
-    window: RoundWindow, trials: Sequence[FrozenTrial], output_dir: Path
-) -> RoundPlan:
-    """The plan of a trial in Hyperband's round `window`, given the study's `trials`: from the
-    continued trial's best-epoch weights, or from the start if they are gone."""
-    from_start = RoundPlan(EpochPlan(until_epoch=window.until_epoch, save_weights=True))
-    if window.continued is None:
-        return from_start
-    continued = next(
-        (
-            trial
-            for trial in trials
-            if trial.user_attrs.get(TrialAttr.KERAS_TUNER_TRIAL) == window.continued
-            and trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        ),
-        None,
-    )
-    if continued is None:
-        return from_start
-    weights = output_dir / f"trial-{continued.number:04d}" / BEST_WEIGHTS
-    if not weights.is_file():
-        return from_start
-    best = continued.value if continued.value is not None else _best_reported(continued)
-    if continued.state == TrialState.COMPLETE:
-        verdict = Verdict(TrialState.COMPLETE, value=best)
-    else:
-        reason = str(continued.user_attrs.get(TrialAttr.PRUNE_REASON, ""))
-        detail = f"continues trial {continued.number}, pruned; nothing left to train"
-        verdict = Verdict(TrialState.PRUNED, reason, detail)
-    plan = EpochPlan(
-        after_epoch=window.after_epoch,
-        until_epoch=window.until_epoch,
-        initial_weights=str(weights),
-        save_weights=True,
-    )
-    return RoundPlan(plan, continued.number, verdict, best)
-
-
-def _best_reported(trial: FrozenTrial) -> float | None:
-    finite = [value for value in trial.intermediate_values.values() if math.isfinite(value)]
-    return max(finite) if finite else None
-
-
-def recorded_result(trial: FrozenTrial) -> OracleResult | None:
-    """The oracle's view of a finished Optuna trial; None if it is to run again (a crash,
-    Ctrl-C, a dead coordinator) or still runs."""
-    attrs = trial.user_attrs
-    if trial.state == TrialState.COMPLETE:
-        return OracleResult("COMPLETED", trial.value)
-    if trial.state == TrialState.PRUNED:
-        reason = str(attrs.get(TrialAttr.PRUNE_REASON, ""))
-        return oracle_result(trial.state, reason, _best_reported(trial), "")
-    if trial.state == TrialState.FAIL:
-        reason = str(attrs.get(TrialAttr.FAIL_REASON, Reason.STALE_HEARTBEAT))
-        if reason in NOT_TOLD or reason in INFRASTRUCTURE_FAILURES:
-            return None
-        return oracle_result(trial.state, reason, None, str(attrs.get(TrialAttr.FAIL_DETAIL, "")))
-    return None
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: optuna.distributions.BaseDistribution,
+    ) -> Any:
+        if param_name not in self.values:
+            raise TrainerInputError(
+                f"the space asked for {param_name!r}, which the other engine did not choose"
+            )
+        return self.values[param_name]
 
 
 class KerasTunerEngine:
@@ -384,27 +287,30 @@ class KerasTunerEngine:
             trial.set_user_attr(TrialAttr.RETRY_COUNT, len(earlier))
             reason = last.user_attrs.get(TrialAttr.FAIL_REASON, Reason.STALE_HEARTBEAT)
             trial.set_user_attr(TrialAttr.RETRY_REASON, reason)
-        window = round_window(values)
-        rounds = None if window is None else round_plan(window, trials, self.output_dir)
-        if window is not None and rounds is not None:
-            trial.set_user_attr(TrialAttr.HYPERBAND_BRACKET, int(values["tuner/bracket"]))
-            trial.set_user_attr(TrialAttr.HYPERBAND_ROUND, int(values["tuner/round"]))
-            trial.set_user_attr(TrialAttr.UNTIL_EPOCH, window.until_epoch)
-            if rounds.continued is not None:
-                trial.set_user_attr(TrialAttr.CONTINUES_TRIAL, rounds.continued)
-                trial.set_user_attr(TrialAttr.AFTER_EPOCH, window.after_epoch)
-            elif window.continued is not None:
-                self.log(
-                    f"trial {trial.number}: the weights of KerasTuner trial {window.continued} "
-                    f"are gone; it trains from the start up to epoch {window.until_epoch}"
-                )
-        plan = EpochPlan() if rounds is None else rounds.plan
+        round_ = hyperband_round(values)
         config = self._config(trial, proposed)
-        if not isinstance(config, TrainConfig):
-            return Proposal(trial, config, plan)
-        if rounds is None or rounds.inherited is None or plan.after_epoch < config.total_epochs:
-            return Proposal(trial, config, plan)
-        return Proposal(trial, config, plan, rounds.inherited, rounds.inherited_best)
+        if round_ is None:
+            return Proposal(trial, config)
+        plan = round_plan(round_, trials, self.output_dir)
+        trial.set_user_attr(TrialAttr.HYPERBAND_BRACKET, int(values["tuner/bracket"]))
+        trial.set_user_attr(TrialAttr.HYPERBAND_ROUND, int(values["tuner/round"]))
+        trial.set_user_attr(TrialAttr.UNTIL_EPOCH, round_.epochs)
+        if plan.continued is not None:
+            trial.set_user_attr(TrialAttr.CONTINUES_TRIAL, plan.continued)
+            trial.set_user_attr(TrialAttr.AFTER_EPOCH, round_.initial_epoch)
+        elif round_.trial_id is not None:
+            self.log(
+                f"trial {trial.number}: the weights of KerasTuner trial {round_.trial_id} "
+                f"are gone; it trains from the start up to epoch {round_.epochs}"
+            )
+        window = plan.window
+        if (
+            not isinstance(config, TrainConfig)
+            or plan.inherited is None
+            or window.after_epoch < config.total_epochs
+        ):
+            return Proposal(trial, config, window, save_weights=True)
+        return Proposal(trial, config, window, True, plan.inherited, plan.inherited_best)
 
     def _config(
         self, trial: optuna.Trial, proposed: ProposedTrial
@@ -424,9 +330,6 @@ class KerasTunerEngine:
                 f"{trial.params} than from KerasTuner's values"
             )
         return config
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> PruneDecision | None:
-        return None  # Hyperband's rounds are epoch windows; the others train every epoch
 
     def told(self, ending: Ending) -> bool | None:
         """Tell the oracle how a trial the study recorded ended; whether it runs again."""

@@ -1,7 +1,7 @@
 """Collapse pruning: stop trials that visibly failed, say why with the numbers, and defer the
 rest to Optuna.
 
-The rules encode the seed guide's failures (DESIGN.md, "Collapse"). In order:
+The rules encode the seed guide's failures (docs/pruning.md, "The collapse rules"). In order:
 
 1. `nan`: a non-finite loss or metric. Such a value is never handed to the storage.
 2. `chance`: after `chance_grace_epochs`, validation accuracy has never left the band just
@@ -47,9 +47,9 @@ Every decision carries its evidence, the numbers behind it
 (`unfreeze_shock: best 0.850 → 0.550, 0.560 at epochs 3–4 (−29.0 pts; noise ±6.5 pts)` on 360
 validation images), kept next to the reason on the trial and its MLflow run.
 
-The coordinator holds each trial's epochs and hands them to `find_collapse` directly; the
-study's own pruner is a plain Optuna pruner, asked through `optuna_decision` on the stored
-trial.
+The coordinator holds each trial's epochs and hands them to `find_collapse` directly; what
+follows a rule's verdict (report the value or not, then the study's own Optuna pruner) is the
+per-epoch decision, `search.pruning.decision`.
 """
 
 from __future__ import annotations
@@ -57,10 +57,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import optuna
-from optuna.pruners import BasePruner
-from optuna.trial import FrozenTrial
 
 from search.pruning.noise import Noise
 from search.vocabulary import Reason
@@ -287,31 +283,3 @@ class _Curve:
             f"({_points(latest - peak.val_accuracy)}; {self.noise.describe(band)}); "
             f"loss {peak.loss:.3f} → {recent[-1].loss:.3f}",
         )
-
-
-#: The Optuna pruners a study may ask after the collapse rules, by the name that is also the
-#: reason they record.
-PRUNERS: dict[str, type[BasePruner]] = {
-    "median": optuna.pruners.MedianPruner,
-    "asha": optuna.pruners.SuccessiveHalvingPruner,
-    "hyperband": optuna.pruners.HyperbandPruner,
-}
-
-
-def pruner_name(pruner: BasePruner) -> str:
-    """The reason recorded when an Optuna pruner stops a trial: its name (`median`, `asha`,
-    `hyperband`; another pruner's class name, shortened)."""
-    for name, kind in PRUNERS.items():
-        if type(pruner) is kind:
-            return name
-    return type(pruner).__name__.removesuffix("Pruner").lower() or "pruner"
-
-
-def optuna_decision(study: optuna.Study, trial: FrozenTrial) -> PruneDecision | None:
-    """The study's own Optuna pruner on the stored trial: its name and the trial's latest
-    value if it prunes, else None."""
-    if not trial.intermediate_values or not study.pruner.prune(study, trial):
-        return None
-    step = max(trial.intermediate_values)
-    value = trial.intermediate_values[step]
-    return PruneDecision(pruner_name(study.pruner), f"{value:.3f} at epoch {step}")

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -16,6 +17,7 @@ from search.study.budget import Budget, Limit
 from search.tracking.runs import StudyTracker
 from search.trial.outcomes import outcome_label
 from search.vocabulary import TrialAttr
+from trainers.fit.window import EpochWindow
 
 Log = Callable[[str], None]
 
@@ -67,6 +69,40 @@ def best_trial(study: optuna.Study) -> tuple[float | None, int | None]:
         return None, None
     best = max(completed, key=lambda trial: trial.value or -math.inf)
     return best.value, best.number
+
+
+def study_line(name: str, spent: Budget, storage: str, tracking: str, workers: int) -> str:
+    """The line a coordinator starts with: what the study has done, and where it is kept."""
+    return (
+        f"study {name}: {trials_text(spent)} trials finished"
+        f"{', continuing' if spent.used else ''} ({budget_text(spent)}); "
+        f"storage {storage}; MLflow {tracking} (experiment {name!r}); {workers} worker(s)"
+    )
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def started_line(
+    number: int,
+    slot: int,
+    params: Mapping[str, Any],
+    user_attrs: Mapping[str, Any],
+    window: EpochWindow,
+) -> str:
+    """The line a trial's start prints: its slot, whether it re-runs or continues another
+    trial, its window of epochs, and its parameters."""
+    retry_of = user_attrs.get(TrialAttr.RETRY_OF)
+    again = "" if retry_of is None else f", re-running trial {retry_of} with the same params"
+    epochs = ""
+    if window.after_epoch:
+        continued = user_attrs.get(TrialAttr.CONTINUES_TRIAL)
+        epochs = f", continuing trial {continued} after epoch {window.after_epoch}"
+    if window.until_epoch is not None:
+        epochs += f", up to epoch {window.until_epoch}"
+    shown = ", ".join(f"{name}={_short(value)}" for name, value in params.items())
+    return f"trial {number:>3} started (slot {slot}){again}{epochs}: {shown}"
 
 
 def epoch_line(number: int, epoch: int, total: int, metrics: Mapping[str, float]) -> str:

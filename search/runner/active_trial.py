@@ -1,26 +1,27 @@
 """A trial in flight: its worker process, what the worker said, and how the trial ended.
 
-The coordinator keeps one `ActiveTrial` per running worker. When the worker is gone, `judge`
-turns what it reported into the trial's final state, reason and value.
+The coordinator keeps one `ActiveTrial` per running worker. When the worker is gone,
+`final_verdict` turns what it reported into the trial's final state, reason and value.
 """
 
 from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnContext
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from search.pruning.collapse import EpochView, PruneDecision
 from search.runner.protocol import Epoch, Failed, Finished, WorkerMessage, WorkerRequest
-from search.trial.closing import Verdict
+from search.trial.closing import Ending, Verdict
 from search.vocabulary import Reason
 from trainers.config.schema import TrainConfig
 from trainers.fit.history import TrainingHistory
@@ -75,6 +76,20 @@ class ActiveTrial:
     def history(self) -> TrainingHistory:
         return TrainingHistory.from_records(self.records)
 
+    def ending(self, verdict: Verdict) -> Ending:
+        """What closing the trial needs, once its worker has ended with `verdict`."""
+        history = self.history
+        return Ending(
+            self.trial.number,
+            self.trial.params,
+            self.trial.user_attrs,
+            verdict,
+            run_id=self.run_id,
+            best_epoch=history.best_epoch,
+            best_value=history.best_val_accuracy,
+            epochs_run=len(history),
+        )
+
     @property
     def epoch_views(self) -> list[EpochView]:
         """The epochs so far, as the collapse rules read them."""
@@ -97,6 +112,21 @@ def spawn_worker(
     return process, ours
 
 
+def wait_for_workers(
+    actives: Iterable[ActiveTrial], wakeup_fd: int | None, timeout: float
+) -> None:
+    """Wait up to `timeout` seconds until a worker sends something or exits, or `wakeup_fd`
+    (a signal's wake-up) is written."""
+    waitables: list[Any] = []
+    for active in actives:
+        waitables.append(active.process.sentinel)
+        if not active.pipe_closed:
+            waitables.append(active.connection)
+    if wakeup_fd is not None:
+        waitables.append(wakeup_fd)
+    wait(waitables, timeout=timeout)
+
+
 def describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "no exit code"
@@ -107,7 +137,9 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-def judge(active: ActiveTrial, objective: Callable[[TrainingHistory], float | None]) -> Verdict:
+def final_verdict(
+    active: ActiveTrial, objective: Callable[[TrainingHistory], float | None]
+) -> Verdict:
     """The final state of a trial whose worker has ended."""
     outcome = active.outcome
     if active.forced_reason is not None and not isinstance(outcome, Finished):

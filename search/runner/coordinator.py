@@ -1,11 +1,11 @@
 """The coordinator: asks its engine for trials, runs each in a spawned worker, tells the results.
 
 For each trial: the engine's `ask` (within the shared budget): `study.ask()` and the space's
-TrainConfig, or a KerasTuner oracle's trial recorded as an Optuna trial (`search.engines.base`). A
-worker process trains it and reports every epoch; the coordinator logs the epoch to MLflow,
-applies the collapse rules to the epochs it holds, reports the value to the trial, asks the
-engine's pruner (the study's Optuna pruner) and answers continue or stop. When the worker ends,
-the trial is closed (`search.trial.closing`): told COMPLETE (best validation accuracy over all
+TrainConfig, or a KerasTuner oracle's trial recorded as an Optuna trial (`search.engines`). A
+worker process trains it and reports every epoch; the coordinator logs the epoch to MLflow and
+answers continue or stop by the per-epoch decision (`search.runner.messages`,
+`search.pruning.decision`: the collapse rules, then the study's Optuna pruner). When the worker
+ends, the trial is closed (`search.trial.closing`): told COMPLETE (best validation accuracy over all
 epochs), PRUNED or FAIL with its reason, re-run as the retry policy (or the engine) says, and
 its MLflow run closed with the same state. This process never imports TensorFlow.
 """
@@ -13,43 +13,35 @@ its MLflow run closed with the same state. This process never imports TensorFlow
 from __future__ import annotations
 
 import contextlib
-import datetime
-import math
 import multiprocessing
 import os
 import socket
 import time
 from dataclasses import replace
-from multiprocessing.connection import wait
-from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from search.engines.base import WAIT, Engine, OptunaEngine, Proposal, Wait
-from search.engines.keras_tuner import BEST_WEIGHTS, KerasTunerEngine
-from search.pruning.collapse import PruneDecision, find_collapse
+from search.engines.base import WAIT, Proposal, Wait
+from search.engines.factory import make_engine
 from search.reporting.console import (
     Log,
     StudySummary,
-    budget_text,
-    epoch_line,
     finish_study,
-    trials_text,
+    started_line,
+    study_line,
 )
-from search.runner.active_trial import ActiveTrial, WorkerEntry, judge, spawn_worker
-from search.runner.liveness import Liveness, retry_params
+from search.runner.active_trial import (
+    ActiveTrial,
+    WorkerEntry,
+    final_verdict,
+    spawn_worker,
+    wait_for_workers,
+)
+from search.runner.liveness import Liveness
+from search.runner.messages import TrialMessages
 from search.runner.prewarm import Standbys
-from search.runner.protocol import (
-    Continue,
-    Epoch,
-    Failed,
-    Finished,
-    Started,
-    Stop,
-    WorkerMessage,
-    WorkerRequest,
-)
+from search.runner.protocol import WorkerRequest
 from search.runner.signals import StopSignals
 from search.runner.worker import run_worker
 from search.storage.lock import StudyLock
@@ -60,7 +52,8 @@ from search.study.registry import StudySpec
 from search.study.setup import RunSettings, open_study
 from search.tracking.runs import StudyTracker
 from search.tracking.spool import spool_path
-from search.trial.closing import Ending, TrialCloser, Verdict, trial_files
+from search.trial.closing import TrialCloser, Verdict
+from search.trial.files import BEST_WEIGHTS, trial_folder
 from search.trial.retry import StudyStoppedError
 from search.vocabulary import Reason, TrialAttr
 from trainers.errors import TrainerInputError
@@ -68,30 +61,6 @@ from trainers.errors import TrainerInputError
 
 def _print(message: str) -> None:
     print(message, flush=True)
-
-
-def _seconds_between(start: datetime.datetime | None, end: datetime.datetime | None) -> float:
-    return (end - start).total_seconds() if start is not None and end is not None else 0.0
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def make_engine(spec: StudySpec, settings: RunSettings, *, identity: str, log: Log) -> Engine:
-    """The engine `settings` chooses (`--engine`, `--oracle`)."""
-    if settings.engine.name == "optuna":
-        return OptunaEngine(spec, settings.data_source)
-    return KerasTunerEngine(
-        spec,
-        settings.engine,
-        data_source=settings.data_source,
-        output_dir=settings.output_dir,
-        n_trials=settings.n_trials,
-        retry=settings.retry,
-        identity=identity,
-        log=log,
-    )
 
 
 class Coordinator:
@@ -155,7 +124,7 @@ class Coordinator:
             self.lock,
             heartbeat_interval=settings.heartbeat_interval,
             grace_period=settings.grace_period,
-            on_stale=self._close_stale_trial,
+            on_stale=self.closer.close_stale,
             needs_rerun=self.closer.needs_rerun,
         )
         self.context = multiprocessing.get_context("spawn")
@@ -163,8 +132,11 @@ class Coordinator:
             self.context, worker, os.getpid(), settings.output_dir, enabled=settings.prewarm
         )
         self.active: dict[int, ActiveTrial] = {}
+        self.messages = TrialMessages(self.tracker, spec.rules, log)
         # While the database is away, the storage retry lets the workers be answered.
-        self.storage_retry.while_waiting = self._serve_during_outage
+        self.storage_retry.while_waiting = lambda: self.messages.serve_during_outage(
+            list(self.active.values())
+        )
         self.stop_signals = StopSignals()
 
     # -- budget and trial start ---------------------------------------------------------------
@@ -190,7 +162,7 @@ class Coordinator:
             if not isinstance(proposal.config, TrainerInputError):
                 # Still under the lock: a peer that counts the budget next sees the epochs
                 # this trial may train.
-                planned = proposal.plan.planned(proposal.config)
+                planned = proposal.window.epochs_of(proposal.config)
                 proposal.trial.set_user_attr(TrialAttr.EPOCHS_PLANNED, planned)
         return proposal
 
@@ -201,29 +173,19 @@ class Coordinator:
         if proposal is None or proposal == WAIT:
             return False if proposal is None else WAIT
         assert isinstance(proposal, Proposal)
-        trial, config, plan = proposal.trial, proposal.config, proposal.plan
+        trial, config, window = proposal.trial, proposal.config, proposal.window
         if isinstance(config, TrainerInputError):
             # The space produced an invalid config: a bug in the space, not bad luck.
             self.liveness.release(trial)
-            detail = f"invalid config from the space: {config}"
-            verdict = Verdict(TrialState.FAIL, Reason.INPUT, detail)
-            self.closer.close(trial, Ending(trial.number, trial.params, trial.user_attrs, verdict))
+            self.closer.close_invalid(trial, config)
             return True
         if proposal.inherited is not None:
             # A Hyperband continuation of a trial that trained its whole config: its result.
             self.liveness.release(trial)
             trial.set_user_attr(TrialAttr.CONFIG_YAML, config.to_yaml())
-            ending = Ending(
-                trial.number,
-                trial.params,
-                trial.user_attrs,
-                proposal.inherited,
-                best_epoch=0,
-                best_value=proposal.inherited_best,
-            )
-            self.closer.close(trial, ending)
+            self.closer.close_inherited(trial, proposal.inherited, proposal.inherited_best)
             return True
-        folder = self.settings.output_dir / f"trial-{trial.number:04d}"
+        folder = trial_folder(self.settings.output_dir, trial.number)
         folder.mkdir(parents=True, exist_ok=True)
         config_yaml = config.to_yaml()
         trial.set_user_attr(TrialAttr.CONFIG_YAML, config_yaml)
@@ -238,10 +200,8 @@ class Coordinator:
             environment=environment,
             cache_dir=None if self.settings.cache_dir is None else str(self.settings.cache_dir),
             cache_budget_bytes=self.settings.cache_budget_bytes,
-            after_epoch=plan.after_epoch,
-            until_epoch=plan.until_epoch,
-            initial_weights=plan.initial_weights,
-            save_weights=str(folder / BEST_WEIGHTS) if plan.save_weights else None,
+            window=window,
+            save_weights=str(folder / BEST_WEIGHTS) if proposal.save_weights else None,
         )
         warm = self.standbys.hand_over(request)
         process, connection = warm or spawn_worker(self.context, request, os.getpid(), self.worker)
@@ -251,124 +211,8 @@ class Coordinator:
         self.active[trial.number] = ActiveTrial(
             trial, config, process, connection, run_id, folder, slot
         )
-        retry_of = trial.user_attrs.get(TrialAttr.RETRY_OF)
-        again = "" if retry_of is None else f", re-running trial {retry_of} with the same params"
-        window = ""
-        if plan.after_epoch:
-            continued = trial.user_attrs.get(TrialAttr.CONTINUES_TRIAL)
-            window = f", continuing trial {continued} after epoch {plan.after_epoch}"
-        if plan.until_epoch is not None:
-            window += f", up to epoch {plan.until_epoch}"
-        params = ", ".join(f"{name}={_short(value)}" for name, value in trial.params.items())
-        self.log(f"trial {trial.number:>3} started (slot {slot}){again}{window}: {params}")
+        self.log(started_line(trial.number, slot, trial.params, trial.user_attrs, window))
         return True
-
-    # -- messages from workers ----------------------------------------------------------------
-
-    def _serve_during_outage(self) -> None:
-        """While the storage is away (called by its retry): answer each worker's epochs from
-        what needs no storage (the collapse rules), so that it keeps training; the epochs are
-        reported to Optuna, and the pruner asked, once the storage is back (`_catch_up`).
-        Other messages, and whatever follows them, wait until then."""
-        for active in list(self.active.values()):
-            if active.awaiting_answer:
-                # The epoch being judged when the storage went: the pruner's word comes with a
-                # later answer.
-                self._answer(active)
-            for message in active.received():
-                if not isinstance(message, Epoch) or active.held:
-                    active.held.append(message)
-                    continue
-                decision = self._record_epoch(active, message)
-                active.unreported.append(message)
-                if active.prune is None and decision is not None:
-                    active.prune = decision
-                self._answer(active)
-
-    def _answer(self, active: ActiveTrial) -> None:
-        active.awaiting_answer = False
-        reply = Continue() if active.prune is None else Stop(str(active.prune))
-        try:
-            active.connection.send(reply)
-        except OSError:  # the worker died while waiting for us; its exit is handled next
-            active.pipe_closed = True
-
-    def _handle(self, active: ActiveTrial, message: WorkerMessage) -> None:
-        trial = active.trial
-        if isinstance(message, Started):
-            active.num_classes = message.num_classes
-            active.validation_images = message.validation_count
-            active.worker_config_yaml = message.config_yaml
-            trial.set_user_attr(TrialAttr.CONFIG_YAML, message.config_yaml)
-            trial.set_user_attr(TrialAttr.TRAIN_IMAGES, message.train_count)
-            trial.set_user_attr(TrialAttr.VALIDATION_IMAGES, message.validation_count)
-        elif isinstance(message, Epoch):
-            active.awaiting_answer = True
-            decision = self._on_epoch(active, message)
-            if active.prune is None and decision is not None:
-                active.prune = decision
-            if active.awaiting_answer:  # not answered already while the storage was away
-                self._answer(active)
-        elif isinstance(message, Finished | Failed):
-            active.outcome = message
-
-    def _on_epoch(self, active: ActiveTrial, message: Epoch) -> PruneDecision | None:
-        """Log and report one epoch; why to stop the trial, or None."""
-        self._catch_up(active)
-        collapse = self._record_epoch(active, message)
-        if collapse is not None and active.prune is None:
-            active.prune = collapse  # the answer, even if the storage goes away below
-        if collapse is not None and collapse.reason == Reason.NAN:
-            return collapse  # a non-finite value never reaches the storage
-        return (
-            self._report(active, message)
-            or collapse
-            or self.engine.prune(self.study, self.storage.get_trial(active.trial._trial_id))
-        )
-
-    def _record_epoch(self, active: ActiveTrial, message: Epoch) -> PruneDecision | None:
-        """Keep, log and print one epoch; what the collapse rules say of the curve so far."""
-        metrics = message.metrics
-        active.records.append({"epoch": message.epoch, **metrics})
-        self.tracker.log_epoch(active.run_id, message.epoch, metrics)
-        total = active.config.total_epochs
-        self.log(epoch_line(active.trial.number, message.epoch, total, metrics))
-        return find_collapse(
-            active.epoch_views,
-            num_classes=active.num_classes,
-            validation_images=active.validation_images,
-            unfreezing_phases=active.config.unfreezing_phases,
-            rules=self.spec.rules,
-        )
-
-    def _report(self, active: ActiveTrial, message: Epoch) -> PruneDecision | None:
-        """Tell Optuna the epoch's value; TAKEN_OVER if a peer failed the trial meanwhile."""
-        try:
-            active.trial.report(float(message.metrics["val_accuracy"]), step=message.epoch)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            # Another coordinator failed this trial as stale (we looked dead for too long) and
-            # queued its re-run; this copy stops and is not told.
-            active.taken_over = True
-            return PruneDecision(Reason.TAKEN_OVER)
-        return None
-
-    def _catch_up(self, active: ActiveTrial) -> None:
-        """Report, in order, the epochs answered while the storage was away; then let the
-        Optuna pruner judge the latest (its decision reaches the worker with its next answer)."""
-        if not active.unreported:
-            return
-        unreported, active.unreported = active.unreported, []
-        for message in unreported:
-            if not math.isfinite(float(message.metrics["val_accuracy"])):
-                continue  # as in _on_epoch: never stored
-            taken_over = self._report(active, message)
-            if taken_over is not None:
-                active.prune = taken_over
-                return
-        if active.prune is None:
-            active.prune = self.engine.prune(
-                self.study, self.storage.get_trial(active.trial._trial_id)
-            )
 
     def _is_running(self, trial: optuna.Trial) -> bool:
         """Whether the stored trial is still RUNNING (no peer failed it as stale)."""
@@ -377,40 +221,24 @@ class Coordinator:
     # -- the end of a trial ---------------------------------------------------------------------
 
     def _finalize(self, active: ActiveTrial) -> None:
-        self._catch_up(active)
+        self.messages.catch_up(active)
         if active.process.is_alive():
             active.process.kill()
         active.process.join(timeout=30)
         active.connection.close()
         trial = active.trial
         del self.active[trial.number]
-        history = active.history
-        ending = Ending(
-            trial.number,
-            trial.params,
-            trial.user_attrs,
-            judge(active, self.spec.objective),
-            run_id=active.run_id,
-            best_epoch=history.best_epoch,
-            best_value=history.best_val_accuracy,
-            epochs_run=len(history),
-        )
+        ending = active.ending(final_verdict(active, self.spec.objective))
         taken_over, retried = False, False
         try:
             # The trial keeps its heartbeat until it is told, so that no peer takes it for dead
             # while its files are written.
-            files, unwritten = trial_files(
-                active.folder,
-                active.worker_config_yaml or active.config.to_yaml(),
-                history,
-                title=f"{self.spec.name} trial {trial.number}",
+            config_yaml = active.worker_config_yaml or active.config.to_yaml()
+            title = f"{self.spec.name} trial {trial.number}"
+            ending = self.closer.with_files(
+                ending, active.folder, config_yaml, active.history, title
             )
-            if unwritten:
-                self.log(
-                    f"warning: trial {trial.number}: artifacts not written to {active.folder}: "
-                    f"{', '.join(unwritten)}; its result and metrics are kept"
-                )
-            ending = replace(ending, files=files, seconds=time.monotonic() - active.started)
+            ending = replace(ending, seconds=time.monotonic() - active.started)
             # Under the lock, which every stale sweep holds: a trial still RUNNING here cannot
             # be failed by a peer before it is told, nor its run closed twice at once.
             with self.lock.held():
@@ -428,16 +256,6 @@ class Coordinator:
         if not taken_over:
             self.closer.publish(ending, retried=retried)
 
-    def _close_stale_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """A trial failed because its coordinator stopped heart-beating (killed, machine lost);
-        called under the study lock."""
-        verdict = Verdict(TrialState.FAIL, Reason.STALE_HEARTBEAT, "its coordinator stopped")
-        seconds = _seconds_between(trial.datetime_start, trial.datetime_complete)
-        ending = Ending(
-            trial.number, retry_params(trial), trial.user_attrs, verdict, seconds=seconds
-        )
-        self.closer.close(None, ending)
-
     # -- the loop -------------------------------------------------------------------------------
 
     def _free_slots(self) -> list[int]:
@@ -446,15 +264,8 @@ class Coordinator:
 
     def _pump(self, timeout: float) -> None:
         """Handle whatever the workers sent, and finalize the ones that ended."""
-        waitables: list[Any] = []
-        for active in self.active.values():
-            waitables.append(active.process.sentinel)
-            if not active.pipe_closed:
-                waitables.append(active.connection)
-        if waitables:
-            if self.stop_signals.wakeup_fd is not None:
-                waitables.append(self.stop_signals.wakeup_fd)
-            wait(waitables, timeout=timeout)
+        if self.active:
+            wait_for_workers(self.active.values(), self.stop_signals.wakeup_fd, timeout)
             self.stop_signals.clear_wakeups()
         for active in list(self.active.values()):
             alive = active.process.is_alive()
@@ -468,17 +279,9 @@ class Coordinator:
 
     def _drain(self, active: ActiveTrial) -> None:
         while active.held:  # read while the storage was away
-            self._handle(active, active.held.pop(0))
+            self.messages.handle(active, active.held.pop(0))
         for message in active.received():
-            self._handle(active, message)
-
-    def _check_failures(self) -> None:
-        streak = self.closer.consecutive_failures
-        if streak >= self.settings.retry.max_consecutive_failures:
-            raise StudyStoppedError(
-                f"stopping: {streak} consecutive trials failed (last: "
-                f"{self.closer.last_failure}). Fix the cause, then run the same command to resume."
-            )
+            self.messages.handle(active, message)
 
     def _others_running(self) -> bool:
         """Whether to wait for other coordinators' trials: they run, and when they end the
@@ -488,12 +291,9 @@ class Coordinator:
 
     def run(self) -> StudySummary:
         spent = budget(self.study, self.limits)
+        tracking = redact(self.settings.tracking_uri)
         self.log(
-            f"study {self.spec.name}: {trials_text(spent)} trials finished"
-            f"{', continuing' if spent.used else ''} ({budget_text(spent)}); "
-            f"storage {self.storage_label}; MLflow "
-            f"{redact(self.settings.tracking_uri)} (experiment {self.spec.name!r}); "
-            f"{self.settings.workers} worker(s)"
+            study_line(self.spec.name, spent, self.storage_label, tracking, self.settings.workers)
         )
         finished = {
             t.number: t.state.name for t in self.study.get_trials() if t.state.is_finished()
@@ -549,7 +349,7 @@ class Coordinator:
                 raise KeyboardInterrupt
             self.liveness.sweep(self.study)
             self.tracker.retry_spooled()
-            self._check_failures()
+            self.closer.check_failure_streak()
             for slot in self._free_slots():
                 if self._start_trial(slot) is not True:
                     break

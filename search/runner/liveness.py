@@ -20,9 +20,7 @@ from __future__ import annotations
 import datetime
 import threading
 import time
-import warnings
 from collections.abc import Callable
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -31,15 +29,6 @@ from search.storage.lock import StudyLock
 from search.vocabulary import TrialAttr
 
 StaleHandler = Callable[[optuna.Study, FrozenTrial], None]
-
-
-def retry_params(trial: FrozenTrial) -> dict[str, Any]:
-    """The parameters to re-run a trial with, including the fixed ones of an enqueued trial
-    that died before its space asked for them."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # system_attrs is deprecated for users, not for this
-        fixed = dict(trial.system_attrs.get("fixed_params", {}))
-    return {**fixed, **trial.params}
 
 
 class Liveness:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from search.vocabulary import Reason
+from trainers.fit.window import EVERY_EPOCH, EpochWindow
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,9 @@ class WorkerRequest:
     cache_dir: str | None = None
     #: The largest activation entry the worker may cache; None: a quarter of its memory.
     cache_budget_bytes: int | None = None
-    #: Global epochs already trained by the run that saved `initial_weights` (a Hyperband
-    #: continuation); the worker trains from epoch after_epoch + 1.
-    after_epoch: int = 0
-    #: The last global epoch the worker trains; None: the config's last.
-    until_epoch: int | None = None
-    #: A `.weights.h5` file, saved from a run of the same config, to start from; None: the
-    #: config's own starting weights.
-    initial_weights: str | None = None
+    #: Which of the config's global epochs the worker trains, and the weights it starts from
+    #: (a Hyperband continuation).
+    window: EpochWindow = EVERY_EPOCH
     #: Where the worker saves the best epoch's weights of its run (a `.weights.h5` path), or
     #: None not to save them.
     save_weights: str | None = None

@@ -166,20 +166,12 @@ def run_worker(connection: Connection, request: WorkerRequest, parent_pid: int) 
         from trainers.config.schema import TrainConfig
         from trainers.data.pipelines import load_datasets
         from trainers.fit.loop import fit
-        from trainers.fit.window import EpochWindow
 
         # Seconds for a cold worker; nothing for a prewarmed one, which imported them before.
         imported = time.monotonic() - importing
         print(f"trial {request.trial_number}: trainer imported in {imported:.1f}s", flush=True)
         config = TrainConfig.from_yaml(request.config_yaml, origin=f"trial {request.trial_number}")
         cache_dir = None if request.cache_dir is None else Path(request.cache_dir)
-        window = EpochWindow(
-            after_epoch=request.after_epoch,
-            until_epoch=request.until_epoch,
-            initial_weights=(
-                None if request.initial_weights is None else Path(request.initial_weights)
-            ),
-        )
         injected = faults_for(request.trial_number, config.batch_size)
         progress = _cache_progress(injected)
         datasets = load_datasets(config, cache_dir=cache_dir, progress=progress)
@@ -209,7 +201,7 @@ def run_worker(connection: Connection, request: WorkerRequest, parent_pid: int) 
             cache_dir=cache_dir,
             progress=progress,
             cache_budget_bytes=request.cache_budget_bytes,
-            window=window,
+            window=request.window,
         )
         _save_best_weights(request, result)
         connection.send(Finished(stop_reason=result.stop_reason, stop_detail=result.stop_detail))

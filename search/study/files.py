@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from search.pruning.collapse import PRUNERS
+from search.pruning.decision import PRUNERS
 from search.study.registry import (
     RECOMMENDED_PRUNER,
     STUDIES,

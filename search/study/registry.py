@@ -15,7 +15,8 @@ from typing import Any
 
 import optuna
 
-from search.pruning.collapse import PRUNERS, CollapseRules
+from search.pruning.collapse import CollapseRules
+from search.pruning.decision import PRUNERS
 from spaces import demo, effnet_b0, effnet_b4, smoke
 from spaces.finetune import Suggester
 from trainers.config.schema import TrainConfig

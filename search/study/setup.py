@@ -16,14 +16,14 @@ from pathlib import Path
 
 import optuna
 
-from search.engines.base import Engine, EngineChoice, OptunaEngine
-from search.runner.liveness import retry_params
+from search.engines.base import Engine, EngineChoice
+from search.engines.optuna_engine import OptunaEngine
 from search.storage.retry import DEFAULT_STORAGE_RETRY_S, StorageRetry, retry_storage_calls
 from search.storage.urls import make_storage, redact
 from search.study.budget import Limits
 from search.study.files import study_config
 from search.study.registry import EnqueuedTrial, StudySpec
-from search.trial.retry import RetryPolicy
+from search.trial.retry import RetryPolicy, retry_params
 from search.vocabulary import RENAMED_PARAMS, StudyAttr, TrialAttr
 from spaces.finetune import FineTuneSpace
 

@@ -154,7 +154,7 @@ class SpooledWriter:
         if not now and time.monotonic() < self.next_retry:
             return False
         self.next_retry = time.monotonic() + self.retry_interval
-        written = replay(self.client, self.pending, self.run_ids)
+        written = replay_operations(self.client, self.pending, self.run_ids)
         self.pending = self.pending[written:]
         if self.pending:
             _rewrite(self.path, self.pending, self.run_ids)
@@ -229,7 +229,7 @@ def execute(client: Any, operation: Operation, run_ids: Mapping[str, str]) -> st
     return None
 
 
-def replay(client: Any, operations: Sequence[Operation], run_ids: dict[str, str]) -> int:
+def replay_operations(client: Any, operations: Sequence[Operation], run_ids: dict[str, str]) -> int:
     """Write `operations` in order until the server fails again; returns how many were
     written. Runs they create are added to `run_ids`."""
     for alias in operations:
@@ -265,7 +265,7 @@ def replay_spool(client: Any, path: Path) -> tuple[int, int]:
     """Replay one spool file; (written, left). An emptied spool is removed."""
     operations = read_spool(path)
     run_ids: dict[str, str] = {}
-    written = replay(client, operations, run_ids)
+    written = replay_operations(client, operations, run_ids)
     left = operations[written:]
     if left:
         _rewrite(path, left, run_ids)

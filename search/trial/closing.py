@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,10 @@ from optuna.trial import FrozenTrial, TrialState
 from search.reporting.console import Log, finished_line
 from search.study.budget import Limits, budget, is_retried
 from search.tracking.runs import StudyTracker
-from search.trial.retry import RetryPolicy, enqueue_retry
+from search.trial.files import trial_files
+from search.trial.retry import RetryPolicy, StudyStoppedError, enqueue_retry, retry_params
 from search.vocabulary import GPU_MEMORY_CONSTRAINT, Reason, TrialAttr
 from trainers.fit.history import TrainingHistory
-from trainers.fit.plots import plot_learning_curves
 
 #: Longest fail detail kept as a user attribute (the MLflow tag keeps up to 5000 characters).
 MAX_DETAIL_ATTR = 2000
@@ -81,37 +81,6 @@ class Ending:
             again = "re-running it" if retried else "not retried"
             return f"{verdict.reason}: {verdict.detail}; {again}"
         return f"{verdict.reason}: {verdict.detail}"[:MAX_LINE_RESULT]
-
-
-def trial_files(
-    folder: Path, config_yaml: str, history: TrainingHistory, title: str
-) -> tuple[list[Path], list[str]]:
-    """Write a trial's artifacts to `folder`: its config, and its history and learning curves
-    when it trained at least one epoch. The worker's log is already there.
-
-    Returns the files written and why the others were not: a full disk costs the trial its
-    files, never its result."""
-    writers: dict[str, Callable[[Path], object]] = {
-        "config.yaml": lambda path: path.write_text(config_yaml, encoding="utf-8")
-    }
-    if len(history):
-        writers["history.csv"] = history.to_csv
-        writers["learning_curves.png"] = lambda path: plot_learning_curves(
-            history, path, title=title
-        )
-    files, failures = [], []
-    for name, write in writers.items():
-        path = folder / name
-        try:
-            write(path)
-            files.append(path)
-        except OSError as error:
-            path.unlink(missing_ok=True)  # no half-written artifact
-            failures.append(f"{name} ({error.strerror or error})")
-    log = folder / "worker.log"
-    if log.is_file() and log.stat().st_size > 0:
-        files.insert(1 if files else 0, log)
-    return files, failures
 
 
 class TrialCloser:
@@ -232,6 +201,53 @@ class TrialCloser:
                 ending.number, verdict.state, result, self.study, ending.seconds, elapsed, spent
             )
         )
+
+    def check_failure_streak(self) -> None:
+        """Stop the study (`StudyStoppedError`) once the retry policy's streak of consecutive
+        failed trials is reached."""
+        streak = self.consecutive_failures
+        if streak >= self.retry.max_consecutive_failures:
+            raise StudyStoppedError(
+                f"stopping: {streak} consecutive trials failed (last: "
+                f"{self.last_failure}). Fix the cause, then run the same command to resume."
+            )
+
+    def close_invalid(self, trial: optuna.Trial, error: Exception) -> None:
+        """Close a trial whose space produced an invalid config: a bug in the space."""
+        verdict = Verdict(TrialState.FAIL, Reason.INPUT, f"invalid config from the space: {error}")
+        self.close(trial, Ending(trial.number, trial.params, trial.user_attrs, verdict))
+
+    def close_inherited(self, trial: optuna.Trial, verdict: Verdict, best: float | None) -> None:
+        """Close a trial with nothing to train (a Hyperband continuation of a trial that trained
+        its whole config) with the verdict and best value of the trial it continues."""
+        ending = Ending(
+            trial.number, trial.params, trial.user_attrs, verdict, best_epoch=0, best_value=best
+        )
+        self.close(trial, ending)
+
+    def with_files(
+        self, ending: Ending, folder: Path, config_yaml: str, history: TrainingHistory, title: str
+    ) -> Ending:
+        """`ending` with the trial's artifacts written to `folder` (`trial_files`): a full disk
+        costs the trial its files and a warning, never its result."""
+        files, unwritten = trial_files(folder, config_yaml, history, title=title)
+        if unwritten:
+            self.log(
+                f"warning: trial {ending.number}: artifacts not written to {folder}: "
+                f"{', '.join(unwritten)}; its result and metrics are kept"
+            )
+        return replace(ending, files=files)
+
+    def close_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Close a trial failed because its coordinator stopped heart-beating (killed, machine
+        lost); called under the study lock."""
+        verdict = Verdict(TrialState.FAIL, Reason.STALE_HEARTBEAT, "its coordinator stopped")
+        start, end = trial.datetime_start, trial.datetime_complete
+        seconds = (end - start).total_seconds() if start is not None and end is not None else 0.0
+        ending = Ending(
+            trial.number, retry_params(trial), trial.user_attrs, verdict, seconds=seconds
+        )
+        self.close(None, ending)
 
     def needs_rerun(self, trial: FrozenTrial) -> bool:
         """Whether a trial failed as stale still lacks the re-run the policy wants for it (its

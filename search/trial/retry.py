@@ -11,11 +11,13 @@ failures in a row the study stops instead of burning its budget.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from search.vocabulary import Reason, TrialAttr
 
@@ -74,3 +76,12 @@ def enqueue_retry(
 
 class StudyStoppedError(RuntimeError):
     """Too many consecutive failures; the message says which and how to resume."""
+
+
+def retry_params(trial: FrozenTrial) -> dict[str, Any]:
+    """The parameters to re-run a trial with, including the fixed ones of an enqueued trial
+    that died before its space asked for them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # system_attrs is deprecated for users, not for this
+        fixed = dict(trial.system_attrs.get("fixed_params", {}))
+    return {**fixed, **trial.params}

@@ -9,7 +9,7 @@ import pytest
 
 from bench import pruning
 from bench.corpus import BENCH_SPACE, TASKS, Corpus, build_corpus, corpus_path
-from bench.replay import PrunerStack, replay, winners
+from bench.replay import PrunerStack, replay_corpus, winners
 
 TINY = Path(__file__).parent / "tiny_corpus.json"
 
@@ -25,7 +25,7 @@ def test_winners_are_the_top_quarter_or_near_the_best(tiny: Corpus) -> None:
 
 
 def test_the_rules_before_the_noise_test_prune_the_best_curve_on_its_dip(tiny: Corpus) -> None:
-    result = replay(tiny, PrunerStack("old", noise_aware=False))
+    result = replay_corpus(tiny, PrunerStack("old", noise_aware=False))
     # Trial 0 dips 0.22 -> 0.18 at its first fine-tune epoch (4 points on 240 images), then
     # reaches 0.70: pruned there as a shock, a false prune that hides the corpus's best.
     assert dict(result.reasons) == {"unfreeze_shock": 2, "collapse": 1, "chance": 1}
@@ -36,7 +36,7 @@ def test_the_rules_before_the_noise_test_prune_the_best_curve_on_its_dip(tiny: C
 
 
 def test_the_noise_aware_rules_keep_the_winner_and_catch_the_failures(tiny: Corpus) -> None:
-    result = replay(tiny, PrunerStack("rules"))
+    result = replay_corpus(tiny, PrunerStack("rules"))
     # The collapse (epoch 3), the trial stuck at chance (epoch 2) and the wrecked BatchNorm
     # (back at chance on its first fine-tune epoch) are still pruned.
     assert dict(result.reasons) == {"unfreeze_shock": 1, "collapse": 1, "chance": 1}
@@ -49,7 +49,7 @@ def test_the_noise_aware_rules_keep_the_winner_and_catch_the_failures(tiny: Corp
 def test_the_median_pruner_acts_after_the_rules(tiny: Corpus) -> None:
     median = next(stack for stack in pruning.STACKS if stack.name.endswith("+ median"))
     stack = PrunerStack("rules + median", optuna_pruner=median.optuna_pruner)
-    result = replay(tiny, stack)
+    result = replay_corpus(tiny, stack)
     # Three trials have completed when trial 6 (0.15 .. 0.17) reaches epoch 3, the end of the
     # demo pruner's warm-up: below their median, so the median's call.
     assert result.reasons["median"] == 1
@@ -97,7 +97,7 @@ def test_the_committed_corpus_figures() -> None:
     results = {
         (corpus.task, result.stack): result
         for corpus in (Corpus.load(corpus_path(pruning.DEFAULT_CORPUS_DIR, t)) for t in TASKS)
-        for result in (replay(corpus, stack) for stack in pruning.STACKS)
+        for result in (replay_corpus(corpus, stack) for stack in pruning.STACKS)
     }
     before, after = "collapse rules, no noise test", pruning.COLLAPSE_RULES
     # Far from pretraining, the rules without the noise test pruned a top-quarter fine-tune

@@ -35,14 +35,9 @@ from trainers.caching.store import CacheProgress, throttled_progress
 from trainers.config.schema import TrainConfig
 from trainers.data.pipelines import Datasets, load_datasets
 from trainers.errors import ModelBuildError
+from trainers.fit.continuation import backbone_weights, caches_fit_window, load_initial_weights
 from trainers.fit.history import OBJECTIVE, TrainingHistory, non_finite_keys
-from trainers.fit.window import (
-    EVERY_EPOCH,
-    EpochWindow,
-    backbone_weights,
-    caches_fit_window,
-    load_initial_weights,
-)
+from trainers.fit.window import EVERY_EPOCH, EpochWindow
 from trainers.model.backbones import get_backbone
 from trainers.model.optimization import current_learning_rate, make_optimizer
 from trainers.model.preprocessing import check_input_batch

@@ -18,8 +18,8 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from search.engines.keras_tuner import BEST_WEIGHTS
 from search.export import main as export_main
+from search.trial.files import BEST_WEIGHTS
 from search.vocabulary import StudyAttr, TrialAttr
 from tests.search.harness import (
     CoordinatorProcess,

@@ -9,18 +9,14 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from search.engines.base import EpochPlan, FixedValuesSampler
-from search.engines.keras_tuner import (
-    BEST_WEIGHTS,
-    RoundWindow,
-    oracle_result,
-    recorded_result,
-    round_plan,
-    round_window,
-)
+from search.engines.keras_tuner import FixedValuesSampler
+from search.engines.oracle_results import oracle_result, recorded_result
+from search.engines.rounds import HyperbandRound, hyperband_round, round_plan
+from search.trial.files import BEST_WEIGHTS
 from search.vocabulary import Reason, TrialAttr
 from trainers.config.schema import TrainConfig
 from trainers.errors import TrainerInputError
+from trainers.fit.window import EpochWindow
 
 
 def _trial(
@@ -41,29 +37,32 @@ def _trial(
     return trial
 
 
-def test_a_round_window_is_read_from_hyperbands_values() -> None:
+def test_a_round_is_read_from_hyperbands_values() -> None:
     # Oracles without rounds (random, bayesian) train the whole config.
-    assert round_window({"head_lr": 0.01}) is None
+    assert hyperband_round({"head_lr": 0.01}) is None
     # A first-round trial trains up to its round's epochs.
     first = {"tuner/epochs": 2, "tuner/initial_epoch": 0, "tuner/bracket": 1, "tuner/round": 0}
-    assert round_window(first) == RoundWindow(until_epoch=2)
-    # A continuation trains on after the epochs its earlier trial trained.
+    assert hyperband_round(first) == HyperbandRound(epochs=2)
+    assert HyperbandRound(epochs=2).window(None) == EpochWindow(until_epoch=2)
+    # A continuation trains on after the epochs its earlier trial trained, from its weights.
     later = {**first, "tuner/epochs": 5, "tuner/initial_epoch": 2, "tuner/trial_id": "0003"}
-    assert round_window(later) == RoundWindow(until_epoch=5, after_epoch=2, continued="0003")
+    continuation = hyperband_round(later)
+    assert continuation == HyperbandRound(epochs=5, initial_epoch=2, trial_id="0003")
+    weights = Path("0003.weights.h5")
+    assert continuation.window(weights) == EpochWindow(2, 5, weights)
+    # Without them it trains from the start.
+    assert continuation.window(None) == EpochWindow(until_epoch=5)
 
 
 def test_a_continuation_starts_from_its_earlier_trials_weights(tmp_path: Path) -> None:
     earlier = _trial(3, TrialState.COMPLETE, value=0.6)
     (tmp_path / "trial-0003").mkdir()
     (tmp_path / "trial-0003" / BEST_WEIGHTS).write_bytes(b"weights")
-    window = RoundWindow(until_epoch=5, after_epoch=2, continued="0003")
-    planned = round_plan(window, [earlier], tmp_path)
-    # It loads the earlier trial's best-epoch weights, trains epochs 3 to 5 and keeps its own.
-    assert planned.plan == EpochPlan(
-        after_epoch=2,
-        until_epoch=5,
-        initial_weights=str(tmp_path / "trial-0003" / BEST_WEIGHTS),
-        save_weights=True,
+    round_ = HyperbandRound(epochs=5, initial_epoch=2, trial_id="0003")
+    planned = round_plan(round_, [earlier], tmp_path)
+    # It loads the earlier trial's best-epoch weights and trains epochs 3 to 5.
+    assert planned.window == EpochWindow(
+        after_epoch=2, until_epoch=5, initial_weights=tmp_path / "trial-0003" / BEST_WEIGHTS
     )
     assert planned.continued == 3
     # With nothing left to train it would be closed with the earlier trial's result.
@@ -77,24 +76,24 @@ def test_a_continuation_of_a_pruned_trial_inherits_the_prune(tmp_path: Path) -> 
     )
     (tmp_path / "trial-0001").mkdir()
     (tmp_path / "trial-0001" / BEST_WEIGHTS).write_bytes(b"weights")
-    planned = round_plan(RoundWindow(3, 2, "0001"), [earlier], tmp_path)
+    planned = round_plan(HyperbandRound(3, 2, "0001"), [earlier], tmp_path)
     # Pruned stays pruned, with its reason; its best epoch so far is what the oracle hears.
     assert planned.inherited is not None and planned.inherited.state == TrialState.PRUNED
     assert planned.inherited.reason == Reason.COLLAPSE and planned.inherited_best == 0.4
 
 
 def test_a_continuation_whose_weights_are_gone_trains_from_the_start(tmp_path: Path) -> None:
-    window = RoundWindow(until_epoch=5, after_epoch=2, continued="0003")
-    from_start = EpochPlan(until_epoch=5, save_weights=True)
+    round_ = HyperbandRound(epochs=5, initial_epoch=2, trial_id="0003")
+    from_start = EpochWindow(until_epoch=5)
     # No weights file, or an earlier trial that never finished: epochs 1 to 5, from scratch.
-    assert round_plan(window, [_trial(3, TrialState.COMPLETE, value=0.6)], tmp_path).plan == (
+    assert round_plan(round_, [_trial(3, TrialState.COMPLETE, value=0.6)], tmp_path).window == (
         from_start
     )
     failed = _trial(3, TrialState.FAIL)
     (tmp_path / "trial-0003").mkdir()
     (tmp_path / "trial-0003" / BEST_WEIGHTS).write_bytes(b"weights")
-    planned = round_plan(window, [failed], tmp_path)
-    assert planned.plan == from_start and planned.continued is None
+    planned = round_plan(round_, [failed], tmp_path)
+    assert planned.window == from_start and planned.continued is None
 
 
 @pytest.mark.parametrize(
@@ -148,10 +147,11 @@ def test_a_window_plans_only_the_epochs_it_may_train() -> None:
         }
     )
     # What an epoch budget keeps for a running trial: its window, within its config.
-    assert EpochPlan().planned(config) == 5
-    assert EpochPlan(until_epoch=2).planned(config) == 2
-    assert EpochPlan(after_epoch=2, until_epoch=9).planned(config) == 3
-    assert EpochPlan(after_epoch=5, until_epoch=9).planned(config) == 0
+    weights = Path("w.weights.h5")
+    assert EpochWindow().epochs_of(config) == 5
+    assert EpochWindow(until_epoch=2).epochs_of(config) == 2
+    assert EpochWindow(after_epoch=2, until_epoch=9, initial_weights=weights).epochs_of(config) == 3
+    assert EpochWindow(after_epoch=5, until_epoch=9, initial_weights=weights).epochs_of(config) == 0
 
 
 def test_the_fixed_values_sampler_answers_only_what_the_oracle_chose() -> None:

@@ -12,13 +12,8 @@ import pytest
 from optuna.pruners import SuccessiveHalvingPruner
 from optuna.trial import TrialState
 
-from search.pruning.collapse import (
-    CollapseRules,
-    EpochView,
-    find_collapse,
-    optuna_decision,
-    pruner_name,
-)
+from search.pruning.collapse import CollapseRules, EpochView, PruneDecision, find_collapse
+from search.pruning.decision import decide_epoch, pruner_decision, pruner_name
 from search.pruning.noise import Noise
 from search.study.registry import get_study_spec
 
@@ -291,8 +286,8 @@ def _report(trial: optuna.Trial, accuracies: Sequence[float]) -> None:
         trial.report(accuracy, step=epoch)
 
 
-def _frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
-    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+def _latest(accuracies: Sequence[float]) -> EpochView:
+    return curve(accuracies)[-1]
 
 
 def test_the_studys_own_optuna_pruner_decides_after_the_collapse_rules() -> None:
@@ -309,16 +304,43 @@ def test_the_studys_own_optuna_pruner_decides_after_the_collapse_rules() -> None
     weak = study.ask()
     _report(weak, [0.3, 0.32])
     assert find_collapse(curve([0.3, 0.32]), num_classes=10) is None
-    decision = optuna_decision(study, _frozen(study, weak.number))
+    decision = pruner_decision(weak, _latest([0.3, 0.32]))
     assert decision is not None
     assert (decision.reason, decision.evidence) == ("median", "0.320 at epoch 2")
     # A trial as good as the others continues.
     fine = study.ask()
     _report(fine, [0.8, 0.86])
-    assert optuna_decision(study, _frozen(study, fine.number)) is None
-    # A trial with no reported epoch yet is never asked about.
-    assert optuna_decision(study, _frozen(study, study.ask().number)) is None
+    assert pruner_decision(fine, _latest([0.8, 0.86])) is None
+    # A trial with no reported epoch yet is never pruned.
+    assert pruner_decision(study.ask(), _latest([0.1])) is None
     assert {t.state for t in study.get_trials()} == {TrialState.COMPLETE, TrialState.RUNNING}
+
+
+def test_the_per_epoch_decision_never_stores_a_non_finite_value_and_rules_come_first() -> None:
+    study = optuna.create_study(
+        direction="maximize",
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0),
+    )
+    done = study.ask()
+    _report(done, [0.9, 0.9])
+    study.tell(done, 0.9)
+    trial = study.ask()
+    # nan: decided by the rules, nothing reported.
+    nan_epoch = EpochView(1, 1, math.nan, 0.5, 1.0)
+    nan = find_collapse([nan_epoch], num_classes=10)
+    assert nan is not None and decide_epoch(trial, nan_epoch, nan) == nan
+    assert study.trials[trial.number].intermediate_values == {}
+    # A collapse is reported, then wins over the pruner (which would also prune 0.2 < 0.9).
+    collapse = PruneDecision("collapse", "evidence")
+    assert decide_epoch(trial, _latest([0.2]), collapse) == collapse
+    assert study.trials[trial.number].intermediate_values == {1: 0.2}
+    # No collapse: the study's pruner, by name.
+    decision = decide_epoch(trial, _latest([0.2, 0.25]), None)
+    assert decision == PruneDecision("median", "0.250 at epoch 2")
+    assert study.trials[trial.number].intermediate_values == {1: 0.2, 2: 0.25}
+    # Without a study behind the trial: the rules alone.
+    assert decide_epoch(None, _latest([0.2]), None) is None
+    assert decide_epoch(None, _latest([0.2]), collapse) == collapse
 
 
 def test_pruner_names_are_the_reasons_users_filter_on() -> None:
@@ -339,14 +361,14 @@ def test_multi_fidelity_rungs_start_after_every_head_phase(name: str) -> None:
         for epoch, accuracy in enumerate([0.80, 0.85, 0.86, 0.90, 0.92, 0.93], start=1):
             good.report(accuracy, step=epoch)
             # Asked every epoch, as the coordinator does: that is when a trial enters a rung.
-            assert optuna_decision(study, _frozen(study, good.number)) is None
+            assert pruner_decision(good, EpochView(epoch, 1, 1.0, accuracy)) is None
         study.tell(good, 0.93)
     weak = study.ask()
     for epoch, accuracy in enumerate([0.20, 0.21, 0.22], start=1):
         weak.report(accuracy, step=epoch)
-        assert optuna_decision(study, _frozen(study, weak.number)) is None, epoch
+        assert pruner_decision(weak, EpochView(epoch, 1, 1.0, accuracy)) is None, epoch
     weak.report(0.30, step=4)
-    decision = optuna_decision(study, _frozen(study, weak.number))
+    decision = pruner_decision(weak, EpochView(4, 2, 1.0, 0.30))
     assert decision is not None and (decision.reason, decision.evidence) == (
         name,
         "0.300 at epoch 4",
