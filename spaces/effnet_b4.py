@@ -1,4 +1,4 @@
-"""EfficientNetB4 at 380 px, ImageNet weights: the DESIGN.md space for Stanford Dogs.
+"""EfficientNetB4 at 380 px, ImageNet weights: the seed guide's space for Stanford Dogs.
 
     python -m search.run --study effnet_b4 --data data/stanford_dogs/train   # or tfds:stanford_dogs
 
@@ -31,7 +31,7 @@ SPACE = FineTuneSpace(
     head_lr=(1e-4, 3e-2),
     head_epochs=(3, 5, 8),
     # 0 = linear probe; top; + block7b; stage 7; + block6h; + block6g; then whole stages 6, 5
-    # and 4 (DESIGN.md: top 5% of the parameters, stage 7 30%, stage 6 79%, stage 5 92%).
+    # and 4 (docs/studies.md: top 5% of the parameters, stage 7 30%, stage 6 79%, stage 5 92%).
     unfreeze_ladder=(0, 1, 2, 3, 4, 5, 11, 17, 23),
     ft_lr_adamw=(1e-6, 1e-3),
     ft_lr_sgd=(1e-4, 3e-2),

@@ -1,4 +1,4 @@
-"""The two-phase fine-tuning space of DESIGN.md, parameterised by backbone and ranges.
+"""The two-phase fine-tuning space (docs/studies.md), parameterised by backbone and ranges.
 
 Phase 1 trains the head on the frozen backbone; phase 2, when the chosen step unfreezes any
 units, fine-tunes the top blocks with its own optimizer, learning rate, warmup and BatchNorm

@@ -23,7 +23,7 @@ from trainers.model.backbones import BackboneSpec, get_backbone
 #: block makes the most difference (surgical fine-tuning).
 FINE_STEPS = 5
 #: Whole stages are added below the fine steps while the step unfreezes at most this share of
-#: the units (DESIGN.md: deeper than stage 4 of B4 only ever hurt on data near ImageNet).
+#: the units (docs/studies.md: deeper than stage 4 of B4 only ever hurt on data near ImageNet).
 DEEPEST_SHARE = 0.7
 
 _EFFICIENTNET_STAGE = re.compile(r"^block(\d)[a-z]$")

@@ -2,7 +2,7 @@
 
 A space's `parameters()` lists the `Parameter`s its `sample` may suggest, so that
 `python -m search.studies` can print a space without running it and a study file can override a
-range by name. The roles follow DESIGN.md: *scientific* parameters are what a study is for (how
+range by name. Roles (docs/studies.md): *scientific* parameters are what a study is for (how
 deep to fine-tune, BatchNorm, the optimizer family, L2-SP), *nuisance* parameters are tuned
 away so that the scientific ones are compared at their best, and *fixed* ones are not searched.
 """

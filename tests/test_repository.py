@@ -20,7 +20,7 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 
 
 def test_trainers_never_import_the_search_machinery() -> None:
-    # DESIGN.md's dependency rule: production training runs without Optuna or search loaded.
+    # docs/architecture.md's dependency rule: production training runs without Optuna or search.
     offenders = [
         path.name
         for path in (REPO / "trainers").glob("*.py")

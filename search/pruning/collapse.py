@@ -1,7 +1,7 @@
 """Collapse pruning: stop trials that visibly failed, say why with the numbers, and defer the
 rest to Optuna.
 
-The rules encode the seed guide's failures (docs/pruning.md, "The collapse rules"). In order:
+The rules encode the seed guide's failures (docs/seed-guide.md, docs/pruning.md). In order:
 
 1. `nan`: a non-finite loss or metric. Such a value is never handed to the storage.
 2. `chance`: after `chance_grace_epochs`, validation accuracy has never left the band just

@@ -90,7 +90,7 @@ CHOICES: dict[str, tuple[str, Any, str]] = {
 
 
 class StudyFileModel(BaseModel):
-    """The keys of a study file; what they mean is in the README ("Study files")."""
+    """The keys of a study file; what they mean is in docs/studies.md ("Study files")."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 

@@ -102,7 +102,7 @@ class StudySpec:
         return optuna.pruners.HyperbandPruner(min_resource=first_rung, reduction_factor=3)
 
 
-#: The seed guide's known-good recipe (DESIGN.md): frozen phase at Adam 1e-3, then the top
+#: The seed guide's known-good recipe (docs/seed-guide.md): frozen phase at Adam 1e-3, then the top
 #: blocks at 1e-5 with BatchNorm frozen, batch 16. The guide's "top 20 layers" is 2 whole
 #: units on B4 (top + block7b), step 2 of its unfreeze ladder; its Adam becomes adamw at the
 #: smallest decay in the space. `unfreeze_level` values below are ladder steps, not unit counts.
@@ -161,8 +161,8 @@ DEMO_BATCHNORM_UNFROZEN = EnqueuedTrial(
     },
 )
 
-#: The pruner of the studies users run. `python -m bench.search_quality` (README, "Search
-#: efficiency"): at KerasTuner Hyperband's budget, over 3 seeds, the demo study reached 0.794 ±
+#: The pruner of the studies users run. `python -m bench.search_quality` (docs/benchmarks.md,
+#: "Search quality"): at KerasTuner Hyperband's budget, over 3 seeds, the demo study reached 0.794 ±
 #: 0.060 with `asha` or `hyperband` and 0.758 ± 0.011 with `median`, and `asha` got to
 #: KerasTuner's best fastest (a median of 77% of its epochs).
 RECOMMENDED_PRUNER = "asha"

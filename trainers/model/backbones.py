@@ -4,7 +4,8 @@ A backbone is split into *units* counted from the top: for EfficientNet `top` (t
 top_activation), then block7b, block7a, block6h, ... down to `stem`; for ResNet50 the stages
 conv5 ... conv1; for MobileNetV3 `top`, then its expanded_conv blocks, then `stem`. "Unfreeze N
 blocks" means the top N units, never part of one, because cutting a block in half leaves a
-residual branch half-trained (DESIGN.md: on B4, "the last 20 layers" splits block7a).
+residual branch half-trained (on B4, "the last 20 layers" splits block7a:
+docs/configs-and-backbones.md).
 
 The registry itself imports no Keras: `trainers.config.schema` validates backbone names and
 `unfreeze_blocks` against it inside the search coordinator, which must not load TensorFlow.
@@ -75,7 +76,8 @@ def _mobilenetv3_unit_names(block_count: int) -> tuple[str, ...]:
     return ("top", *reversed(blocks), "stem")
 
 
-# Blocks per stage and default resolutions as in keras.applications (DESIGN.md's table).
+# Blocks per stage and default resolutions as in keras.applications
+# (docs/configs-and-backbones.md, "EfficientNet facts").
 _EFFICIENTNET_VARIANTS = {
     "EfficientNetB0": (224, (1, 2, 2, 3, 3, 4, 1)),
     "EfficientNetB1": (240, (2, 3, 3, 4, 4, 5, 2)),

@@ -47,7 +47,8 @@ class TrainableSummary:
     frozen_batchnorm_layers: int
     #: Weights that will receive gradients (excludes frozen BatchNorm and moving statistics).
     trainable_parameters: int
-    #: All weights of the unfrozen units, moving statistics included (DESIGN.md's measure).
+    #: All weights of the unfrozen units, moving statistics included
+    #: (docs/configs-and-backbones.md).
     unfrozen_parameters: int
     backbone_parameters: int
 

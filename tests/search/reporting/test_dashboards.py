@@ -2,8 +2,8 @@
 
 One study of three trials (COMPLETE, PRUNED by the `collapse` rule, FAILED) runs through the
 real coordinator (`search.runner.coordinator.run_study`) into a SQLite Optuna storage and a live
-`mlflow server` (SQLite backend store, proxied artifacts), as in the README's "Comparing trials
-in MLflow" and "Dashboards". The workers play scripted epochs (tests/search/scripted_worker.py):
+`mlflow server` (SQLite backend store, proxied artifacts), as in docs/running.md ("Comparing trials
+in MLflow" and "Dashboards"). The workers play scripted epochs (tests/search/scripted_worker.py):
 the coordinator writes every MLflow run, metric, tag and artifact itself, so what is checked is
 what real trials leave, without training. Both servers are then read over HTTP only, as their
 web pages read them: the `optuna-dashboard` command's JSON API and MLflow's REST API (no
@@ -125,7 +125,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def servers(folder: Path) -> Iterator[Servers]:
-    """The README's shared `mlflow server` (SQLite backend store, proxied artifacts) and its
+    """docs/running.md's shared `mlflow server` (SQLite backend store, proxied artifacts) and its
     `optuna-dashboard sqlite:///optuna.db`, each on a free port, started side by side (the
     MLflow server takes seconds to create its store). The dashboard is up before the study
     exists, as it would be to follow a study live."""

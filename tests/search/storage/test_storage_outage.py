@@ -40,7 +40,7 @@ from tests.search.tiny_study import settings, tiny_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.faults]
 
-#: 8 s in CI; the README's figures for a 30 s cut come from FINETUNE_SEARCH_OUTAGE_S=30.
+#: 8 s in CI; the figures for a 30 s cut (docs/fault-tolerance.md): FINETUNE_SEARCH_OUTAGE_S=30.
 CUT_SECONDS = float(os.environ.get("FINETUNE_SEARCH_OUTAGE_S", "8"))
 
 

@@ -1,4 +1,4 @@
-"""Backbone registry and block-aligned unfreezing, checked against DESIGN.md's counts."""
+"""Backbone registry and block-aligned unfreezing, checked against docs/configs-and-backbones.md."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from trainers.model.backbones import (
 from trainers.model.preprocessing import CaffePreprocessing
 from trainers.model.surgery import FineTuneModel, build_model, set_trainable_units
 
-# DESIGN.md, "Facts about the backbones": layers (weights=None), BN layers, params, blocks.
+# docs/configs-and-backbones.md, "EfficientNet facts": layers (weights=None), BN layers, params,
+# blocks.
 DESIGN_COUNTS = {
     "EfficientNetB0": (237, 49, 4_049_571, (1, 2, 2, 3, 3, 4, 1)),
     "EfficientNetB4": (474, 96, 17_673_823, (2, 4, 4, 6, 6, 8, 2)),
@@ -75,7 +76,7 @@ def test_efficientnet_top_units_are_the_named_blocks() -> None:
 
 def test_b4_trainable_share_grows_as_design_says() -> None:
     network = _network("EfficientNetB4")
-    # DESIGN.md: top only 5%, + stage 7: 30%, + stage 6: 79%, + stage 5: 93%.
+    # docs/configs-and-backbones.md: top only 5%, + stage 7: 30%, + stage 6: 79%, + stage 5: 93%.
     expected = {1: 0.05, 3: 0.30, 11: 0.79, 17: 0.93}
     for blocks, share in expected.items():
         summary = set_trainable_units(network, blocks, freeze_batchnorm=False)
