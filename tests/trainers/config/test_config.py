@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -189,14 +187,3 @@ def test_load_config_errors_name_the_file(tmp_path: Path) -> None:
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match=r"list.yaml: expected a mapping"):
         load_config(listing)
-
-
-def test_config_module_imports_no_tensorflow() -> None:
-    # The search coordinator imports trainers.config.schema and must hold no accelerator memory.
-    code = (
-        "import sys, trainers.config.schema, trainers.fit.history, trainers.tracking, "
-        "trainers.data.image_folder;"
-        "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules];"
-        "assert not bad, bad"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
