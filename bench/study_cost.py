@@ -54,7 +54,9 @@ marked and the exit status is 1.
     python -m bench.study_cost --no-prewarm     # the study without prewarmed workers
 
 Results go to `bench/results/study_cost[_quick].json`; the working files (images, specs,
-script logs, the study's output folder) to `--output`.
+script logs, the study's output folder) to `--output`. This module draws the configurations and
+runs the benchmark; `bench.study_cost_sides` runs each side and `bench.study_cost_report`
+compares them (the accuracy check, the table, the results JSON).
 """
 
 from __future__ import annotations
@@ -62,41 +64,34 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from bench.study_cost_run import STUDY_NAME
-from bench.study_timeline import (
-    FINISHED,
-    Breakdown,
-    ConfigRun,
-    LogWatcher,
-    StudyTimeline,
-    TimedLine,
+from bench.study_cost_report import (
+    Result,
+    accuracy_cell,
+    accuracy_lines,
+    check_accuracy,
+    describe,
+    table,
+    to_json,
 )
-from search.pruning.noise import Noise
+from bench.study_cost_sides import REPO, BenchError, run_script, run_study, script_spec, unit_layers
 from spaces import demo
 from spaces.finetune import FineTuneSpace
 from trainers.config.schema import TrainConfig
-from trainers.data.image_folder import ImageFolder, scan_image_folder, stratified_split
+from trainers.data.image_folder import scan_image_folder, stratified_split
 from trainers.data.synthetic import write_image_folder
-from trainers.model.backbones import build_backbone, get_backbone, group_layers_into_units
 
-REPO = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 0.6
-#: Standard errors of the difference two best validation accuracies may differ by.
-ACCURACY_Z = 2.0
 RATIO_PREFIX = "study/scripts wall ratio:"
 
 #: The demo's space (ranges, backbone, weights, no augmentation), with every config
@@ -152,295 +147,7 @@ def head_share(config: TrainConfig) -> float:
     return head / config.total_epochs
 
 
-def describe(config: TrainConfig) -> str:
-    epochs = "+".join(str(phase.epochs) for phase in config.phases)
-    ft = config.phases[-1]
-    bn = "bn frozen" if ft.freeze_batchnorm else "bn trains"
-    return (
-        f"{epochs} epochs, {config.unfrozen_units} units, {ft.optimizer} "
-        f"{ft.learning_rate:.1e}, {bn}, batch {config.batch_size}"
-    )
-
-
-# -- the scripts' side ----------------------------------------------------------------------------
-
-
-def unit_layers(backbone: str, image_size: int) -> tuple[tuple[str, ...], ...]:
-    """Each unit's layer names, from the top down, as the project groups them (imports Keras).
-
-    Built in a process that has built no other model, as each script is, so that Keras'
-    automatic layer names (`re_lu_13`) are the ones the scripts see.
-    """
-    spec = get_backbone(backbone)
-    model = build_backbone(spec, image_size=image_size, weights=None)
-    units = group_layers_into_units(spec, [layer.name for layer in model.layers])
-    return tuple(unit.layer_names for unit in units)
-
-
-def script_spec(
-    config: TrainConfig, folder: ImageFolder, units: Sequence[Sequence[str]]
-) -> dict[str, Any]:
-    """What `bench.bare_keras_script` trains: `config` on the project's split of `folder`."""
-    assert isinstance(config.data.validation, float)
-    split = stratified_split(folder.labels, config.data.validation, config.data.seed)
-    paths, labels = list(folder.paths), list(folder.labels)
-    weights = config.model.weights
-    return {
-        "train_files": [paths[i] for i in split.train],
-        "train_labels": [labels[i] for i in split.train],
-        "validation_files": [paths[i] for i in split.validation],
-        "validation_labels": [labels[i] for i in split.validation],
-        "num_classes": folder.num_classes,
-        "image_size": config.data.image_size,
-        "backbone": config.model.backbone,
-        "weights": None if weights is None else str((REPO / weights).resolve()),
-        "head_dropout": config.model.head_dropout,
-        "batch_size": config.batch_size,
-        "label_smoothing": config.label_smoothing,
-        "seed": config.seed,
-        "phases": [
-            {
-                "epochs": phase.epochs,
-                "optimizer": phase.optimizer,
-                "learning_rate": phase.learning_rate,
-                "momentum": phase.momentum,
-                "weight_decay": phase.weight_decay,
-                "schedule": phase.schedule,
-                "warmup_fraction": phase.warmup_fraction,
-                "freeze_batchnorm": phase.freeze_batchnorm,
-                "unfreeze_layers": [
-                    name for unit in units[: phase.unfreeze_blocks] for name in unit
-                ],
-            }
-            for phase in config.phases
-        ],
-    }
-
-
-def script_run(launched: float, exited: float, result: Mapping[str, Any]) -> ConfigRun:
-    """A script's breakdown from its launch and exit times and the JSON line it printed."""
-    seconds = tuple(float(epoch["seconds"]) for epoch in result["epochs"])
-    breakdown = Breakdown(
-        startup=result["imported"] - launched,
-        data=result["data_ready"] - result["imported"],
-        build=result["built"] - result["data_ready"],
-        epochs=sum(seconds),
-        total=exited - launched,
-    )
-    return ConfigRun(breakdown, seconds, result.get("best_val_accuracy"))
-
-
-def last_json_line(text: str) -> dict[str, Any]:
-    for line in reversed(text.splitlines()):
-        if line.startswith("{"):
-            parsed: dict[str, Any] = json.loads(line)
-            return parsed
-    raise ValueError("the script printed no JSON line")
-
-
-def run_script(spec_path: Path, log_path: Path, env: Mapping[str, str]) -> ConfigRun:
-    command = [sys.executable, "-m", "bench.bare_keras_script", "--spec", str(spec_path)]
-    with log_path.open("w") as log:
-        launched = time.time()
-        done = subprocess.run(
-            command, cwd=REPO, env=dict(env), stdout=subprocess.PIPE, stderr=log, text=True
-        )
-        exited = time.time()
-    if done.returncode != 0:
-        raise BenchError(f"{shlex.join(command)} exited {done.returncode}; see {log_path}")
-    return script_run(launched, exited, last_json_line(done.stdout))
-
-
-# -- the study's side -----------------------------------------------------------------------------
-
-
-def run_study(
-    plan_path: Path, data: Path, output: Path, count: int, flags: Sequence[str],
-    env: Mapping[str, str],
-) -> StudyTimeline:  # fmt: skip
-    """The study through `search.run`'s command; echoes its trial lines."""
-    command = [
-        *(sys.executable, "-m", "bench.study_cost_run", str(plan_path)),
-        *("--study", STUDY_NAME, "--n-trials", str(count), "--workers", "1"),
-        *("--data", str(data), "--output", str(output)),
-        *("--storage", f"sqlite:///{output}/optuna.db"),
-        *("--tracking-uri", f"sqlite:///{output}/mlflow.db"),
-        *flags,
-    ]
-    coordinator: list[TimedLine] = []
-    output.mkdir(parents=True)
-    with LogWatcher(output) as watcher:
-        launched = time.time()
-        process = subprocess.Popen(
-            command, cwd=REPO, env=dict(env), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, bufsize=1,
-        )  # fmt: skip
-        assert process.stdout is not None
-        for line in process.stdout:
-            coordinator.append((time.time(), line.rstrip("\n")))
-            if FINISHED.match(line) or (line.startswith("trial") and " started " in line):
-                print(f"  study: {line.rstrip()}", flush=True)
-        returncode = process.wait()
-        exited = time.time()
-    (output / "coordinator.log").write_text("".join(f"{line}\n" for _, line in coordinator))
-    # Every line with the time it appeared, for a closer look than the table's.
-    stamped = {"launched": launched, "exited": exited, "coordinator": coordinator}
-    stamped["worker_exits"] = watcher.worker_exits()
-    (output / "timeline.json").write_text(json.dumps({**stamped, "logs": watcher.lines}))
-    if returncode != 0:
-        tail = "\n".join(line for _, line in coordinator[-20:])
-        raise BenchError(f"the study exited {returncode}:\n{tail}")
-    return StudyTimeline(
-        launched,
-        exited,
-        tuple(coordinator),
-        watcher.worker_logs(),
-        tuple(watcher.lines.get("standby.log", ())),
-        watcher.worker_exits(),
-    )
-
-
-# -- comparing ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AccuracyCheck:
-    script: float | None
-    study: float | None
-    tolerance: float
-
-    @property
-    def passed(self) -> bool:
-        if self.script is None or self.study is None:
-            return False
-        return abs(self.script - self.study) <= self.tolerance
-
-
-def check_accuracy(script: float | None, study: float | None, validation: int) -> AccuracyCheck:
-    """Whether two best validation accuracies of one config agree within their noise."""
-    if script is None or study is None:
-        return AccuracyCheck(script, study, math.nan)
-    return AccuracyCheck(script, study, Noise(validation, ACCURACY_Z).of_difference(script, study))
-
-
-@dataclass
-class Result:
-    mode: str
-    configs: list[TrainConfig]
-    scripts: list[ConfigRun]
-    study: list[ConfigRun]
-    timeline: StudyTimeline
-    validation_images: int
-    checks: list[AccuracyCheck] = field(default_factory=list)
-
-    @property
-    def scripts_wall(self) -> float:
-        return sum(run.breakdown.total for run in self.scripts)
-
-    @property
-    def ratio(self) -> float:
-        return self.timeline.wall / self.scripts_wall
-
-
-_COLUMNS = ("startup", "data", "build", "epochs", "other", "total")
-
-
-def _cells(breakdown: Breakdown) -> str:
-    return " ".join(f"{getattr(breakdown, name):>7.1f}" for name in _COLUMNS)
-
-
-def _accuracy(value: float | None) -> str:
-    return f"{value:>7.3f}" if value is not None else f"{'-':>7}"
-
-
-def table(result: Result) -> list[str]:
-    """Per config, both sides' breakdowns; the study's own start and close; the sums."""
-    header = f"{'cfg':>3} {'side':<7} " + " ".join(f"{name:>7}" for name in _COLUMNS)
-    lines = [f"{header} {'val_acc':>7}  notes"]
-    for index, (config, script, trial) in enumerate(
-        zip(result.configs, result.scripts, result.study, strict=True)
-    ):
-        lines.append(
-            f"{index:>3} {'scripts':<7} {_cells(script.breakdown)} "
-            f"{_accuracy(script.best_val_accuracy)}  {describe(config)}"
-        )
-        lines.append(
-            f"{'':>3} {'study':<7} {_cells(trial.breakdown)} "
-            f"{_accuracy(trial.best_val_accuracy)}  {trial.notes}"
-        )
-    timeline = result.timeline
-    lines.append(
-        f"study start (coordinator: imports, storage, MLflow, data check) {timeline.start:.1f}s, "
-        f"study close (plots, MLflow) {timeline.close:.1f}s"
-    )
-    for side, runs, wall in (
-        ("scripts", result.scripts, result.scripts_wall),
-        ("study", result.study, timeline.wall),
-    ):
-        # The study's `other` also holds its start and close.
-        summed = Breakdown(
-            startup=sum(run.breakdown.startup for run in runs),
-            data=sum(run.breakdown.data for run in runs),
-            build=sum(run.breakdown.build for run in runs),
-            epochs=sum(run.breakdown.epochs for run in runs),
-            total=wall,
-        )
-        lines.append(f"{'all':>3} {side:<7} {_cells(summed)}")
-    return lines
-
-
-def accuracy_lines(result: Result) -> list[str]:
-    lines = []
-    for index, check in enumerate(result.checks):
-        verdict = "ok" if check.passed else "MISMATCH"
-        difference = (
-            abs(check.script - check.study)
-            if check.script is not None and check.study is not None
-            else math.nan
-        )
-        lines.append(
-            f"accuracy {index}: scripts {_accuracy(check.script).strip()} study "
-            f"{_accuracy(check.study).strip()}, difference {difference:.3f} within "
-            f"±{check.tolerance:.3f} ({ACCURACY_Z:g} standard errors on "
-            f"{result.validation_images} images): {verdict}"
-        )
-    return lines
-
-
-def to_json(result: Result, extra: Mapping[str, Any]) -> dict[str, Any]:
-    def run(item: ConfigRun) -> dict[str, Any]:
-        return {
-            **dataclasses.asdict(item.breakdown),
-            "other": item.breakdown.other,
-            "epoch_seconds": list(item.epoch_seconds),
-            "best_val_accuracy": item.best_val_accuracy,
-            "notes": item.notes,
-        }
-
-    return {
-        **extra,
-        "mode": result.mode,
-        "validation_images": result.validation_images,
-        "configs": [config.to_dict() for config in result.configs],
-        "scripts": [run(item) for item in result.scripts],
-        "study": [run(item) for item in result.study],
-        "study_start": result.timeline.start,
-        "study_close": result.timeline.close,
-        "standby_startups": result.timeline.standby_startups(),
-        "scripts_wall": result.scripts_wall,
-        "study_wall": result.timeline.wall,
-        "accuracy": [
-            {**dataclasses.asdict(check), "passed": check.passed} for check in result.checks
-        ],
-        "ratio": result.ratio,
-    }
-
-
 # -- the run --------------------------------------------------------------------------------------
-
-
-class BenchError(Exception):
-    """A side failed to run; reported as one message."""
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -532,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             scripts.append(run_script(spec_path, log_path, env))
             progress(
                 f"  script {index}: {describe(config)}: {scripts[-1].breakdown.total:.1f}s, "
-                f"best val_acc {_accuracy(scripts[-1].best_val_accuracy).strip()}"
+                f"best val_acc {accuracy_cell(scripts[-1].best_val_accuracy).strip()}"
             )
         timeline = run_study(plan_path, data, output / "study", count, flags, env)
     except BenchError as error:

@@ -22,7 +22,7 @@ seconds its logs say computing the feature and cut-point caches took (`data`), t
 phase's line (`build`), the epochs' own logged seconds (`epochs`) and the rest (`other`),
 with notes on whether the worker was prewarmed, what the caches did and when the worker
 exited. Apart from trials it measures the coordinator's own start and close and the standby
-workers' start-up times. Nothing here runs the study; `bench.study_cost` does.
+workers' start-up times. Nothing here runs the study; `bench.study_cost_sides` does.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ POLL_SECONDS = 0.05
 #: A line and the time (`time.time()`) it was first seen.
 TimedLine = tuple[float, str]
 
-#: The coordinator's line for a trial's end; `bench.study_cost` also echoes these as they come.
+#: The coordinator's line for a trial's end; `bench.study_cost_sides` echoes these as they come.
 FINISHED = re.compile(r"^trial\s+(\d+) (COMPLETE|PRUNED|FAIL)\b")
 _STUDY_HEADER = re.compile(r"^study \S+: \d+(?:/\d+)? trials finished")
 _EPOCH = re.compile(r"^epoch\s+\d+/\d+ \[phase \d+\] .*\((\d+(?:\.\d+)?)s\)$")

@@ -33,7 +33,8 @@ from search.runner.slots import SlotError, detect_gpus, parse_gpus, worker_envir
 from search.runner.worker import run_worker
 from search.storage.retry import StorageLostError
 from search.storage.urls import DEFAULT_STORAGE, StorageError, check_storage_url, redact
-from search.study.files import resolve_study, with_overrides
+from search.study.files import resolve_study
+from search.study.overrides import with_overrides
 from search.study.registry import STUDIES, StudySpec, UnknownStudyError
 from search.study.setup import RunSettings, StudyMismatchError
 from search.trial.retry import RetryPolicy, StudyStoppedError

@@ -17,7 +17,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from search.study.files import STUDY_FILE_SUFFIXES, resolve_study, with_overrides
+from search.study.files import STUDY_FILE_SUFFIXES, resolve_study
+from search.study.overrides import with_overrides
 from search.study.registry import STUDIES, StudySpec, UnknownStudyError
 from spaces.finetune import FineTuneSpace
 from spaces.generic import ladder_steps

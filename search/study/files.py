@@ -5,17 +5,18 @@ backbone), may move it to another backbone, image size or weights, override any 
 choice, fix parameters, change roles, and enqueue known-good configs (TrainConfig YAML files,
 a previous study's `best.yaml` say). Relative paths (weights, data and validation folders,
 enqueued configs) are resolved against the file's folder. It is validated like a TrainConfig:
-every problem is one `ConfigError` naming the file and the key, raised before anything is
-written. `resolve_study` turns a `--study` argument, a name or a file, into a `StudySpec`.
+every mistake in it is found, and all are one `ConfigError` naming the file and, a line each,
+the keys, raised before anything is written. `resolve_study` turns a `--study` argument, a name
+or a file, into a `StudySpec`. How the file changes its base space is
+`search.study.space_changes`; the command line's overrides are `search.study.overrides`.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -28,18 +29,12 @@ from search.study.registry import (
     StudySpec,
     get_study_spec,
 )
+from search.study.space_changes import Problems, with_fixed, with_ladder, with_ranges, with_roles
+from spaces import effnet_b4
 from spaces.finetune import FineTuneSpace
 from spaces.generic import for_backbone, retarget
-from spaces.parameters import Role
-from trainers.config.messages import describe_validation_error
-from trainers.config.schema import (
-    SYNTHETIC_PREFIX,
-    TFDS_PREFIX,
-    AugmentationPolicy,
-    TrainConfig,
-    load_config,
-    read_text_file,
-)
+from trainers.config.messages import validation_problems
+from trainers.config.schema import SYNTHETIC_PREFIX, TFDS_PREFIX, load_config, read_text_file
 from trainers.errors import ConfigError
 from trainers.model.backbones import UnknownBackboneError, get_backbone
 
@@ -47,46 +42,10 @@ BaseSpace = Literal["effnet_b4", "effnet_b0", "demo", "smoke", "finetune"]
 #: The generic space's name: effnet_b4's ranges on the file's `backbone` (`spaces.generic`).
 GENERIC = "finetune"
 STUDY_FILE_SUFFIXES = (".yaml", ".yml")
-
-#: Float ranges a file may override: parameter -> (FineTuneSpace field, log scale).
-FLOAT_RANGES: dict[str, tuple[str, bool]] = {
-    "head_lr": ("head_lr", True),
-    "weight_decay": ("weight_decay", True),
-    "head_dropout": ("head_dropout", False),
-    "drop_connect_rate": ("drop_connect_rate", False),
-    "ft_lr_adamw": ("ft_lr_adamw", True),
-    "ft_lr_sgd": ("ft_lr_sgd", True),
-    "l2sp_alpha": ("l2sp_alpha", True),
-}
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _fraction(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
-
-
-#: Choices that are fractions: YAML's `0` becomes `0.0`, so that a config's 0.0 is a choice.
-FLOAT_CHOICES = frozenset({"label_smoothing", "warmup_frac"})
-
-
-#: Choices a file may override: parameter -> (FineTuneSpace field, what a choice must be).
-CHOICES: dict[str, tuple[str, Any, str]] = {
-    "head_epochs": ("head_epochs", _positive_int, "whole numbers >= 1"),
-    "batch_size": ("batch_sizes", _positive_int, "whole numbers >= 1"),
-    "ft_epochs": ("ft_epochs", _positive_int, "whole numbers >= 1"),
-    "augmentation": (
-        "augmentations",
-        lambda value: value in get_args(AugmentationPolicy),
-        ", ".join(get_args(AugmentationPolicy)),
-    ),
-    "label_smoothing": ("label_smoothing", _fraction, "numbers in [0, 1)"),
-    "ft_optimizer": ("ft_optimizers", lambda value: value in ("adamw", "sgd"), "adamw, sgd"),
-    "warmup_frac": ("warmup_fractions", _fraction, "numbers in [0, 1)"),
-    "freeze_bn": ("freeze_bn_choices", lambda value: isinstance(value, bool), "true, false"),
-}
+#: Entries of these keys are refused one parameter at a time; other keys are refused whole.
+_PER_PARAMETER = ("ranges", "fixed", "roles")
+#: Stands in for a name the schema refused, so that the rest of the file is still checked.
+_NAME_STAND_IN = "study"
 
 
 class StudyFileModel(BaseModel):
@@ -152,32 +111,56 @@ def load_study_file(path: Path) -> LoadedStudy:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: expected a mapping with keys name, space, ...")
+    problems = Problems()
+    model = _validated(raw, problems)
+    loaded = None if model is None else _build(model, path.resolve().parent, path, problems)
+    if loaded is None:
+        raise ConfigError(f"{path}: {problems.describe()}")
+    return loaded
+
+
+def _validated(raw: Mapping[str, Any], problems: Problems) -> StudyFileModel | None:
+    """The file's keys, validated; what the schema refuses is recorded and left out, so that
+    the rest is still checked. None if what is left is no study file (no `space`, say)."""
     try:
-        model = StudyFileModel.model_validate(raw)
+        return StudyFileModel.model_validate(raw)
     except ValidationError as error:
-        message = describe_validation_error(error, root=StudyFileModel, what="study file")
-        raise ConfigError(f"{path}: {message}") from None
+        refused = [tuple(item["loc"]) for item in error.errors(include_url=False)]
+        kept, keys = _without(raw, refused)
+        problems.add_schema_lines(keys, validation_problems(error, root=StudyFileModel))
     try:
-        return _build(model, path.resolve().parent, path)
-    except _KeyError as error:
-        raise ConfigError(f"{path}: {error.key}: {error.message}") from None
+        return StudyFileModel.model_validate({"name": _NAME_STAND_IN, **kept})
+    except ValidationError:
+        return None
 
 
-class _KeyError(Exception):
-    """A problem with one key of a study file."""
+def _without(
+    raw: Mapping[str, Any], refused: Sequence[tuple[int | str, ...]]
+) -> tuple[dict[str, Any], set[str]]:
+    """`raw` without the entries at the `refused` locations, and the keys they were."""
+    kept = dict(raw)
+    keys = set()
+    for location in refused:
+        key = str(location[0]) if location else ""
+        entries = kept.get(key)
+        if key in _PER_PARAMETER and len(location) > 1 and isinstance(entries, Mapping):
+            kept[key] = {name: v for name, v in entries.items() if name != location[1]}
+            keys.add(f"{key}.{location[1]}")
+        else:
+            kept.pop(key, None)
+            keys.add(key)
+    return kept, keys
 
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
 
-
-def _build(model: StudyFileModel, folder: Path, path: Path) -> LoadedStudy:
-    space = _model_space(model, folder)
-    space = _with_ladder(space, model.unfreeze_ladder)
-    space = _with_ranges(space, model.ranges)
-    space = _with_fixed(space, model.fixed)
-    space = _with_roles(space, model.roles)
+def _build(
+    model: StudyFileModel, folder: Path, path: Path, problems: Problems
+) -> LoadedStudy | None:
+    """The study the file describes, or None if it has mistakes (all of them in `problems`)."""
+    space = _model_space(model, folder, problems)
+    space = with_ladder(space, model.unfreeze_ladder, problems)
+    space = with_ranges(space, model.ranges, problems)
+    space = with_fixed(space, model.fixed, problems)
+    space = with_roles(space, model.roles, problems)
     if model.validation is not None:
         validation = model.validation
         space = replace(
@@ -193,9 +176,11 @@ def _build(model: StudyFileModel, folder: Path, path: Path) -> LoadedStudy:
         pruner=RECOMMENDED_PRUNER,
     )
     data = _local(model.data, folder) if model.data is not None else base.default_data
-    if not data:
-        raise _KeyError("data", f"required with space: {GENERIC} (a folder, tfds:NAME, ...)")
-    enqueued = _enqueued(model.enqueue, folder)
+    if not data and not problems.about("data"):
+        problems.add("data", f"required with space: {GENERIC} (a folder, tfds:NAME, ...)")
+    enqueued = _enqueued(model.enqueue, folder, problems)
+    if problems.lines:
+        return None
     changes_head = "head_epochs" in model.ranges or "head_epochs" in model.fixed or bool(enqueued)
     spec = replace(
         base,
@@ -215,31 +200,42 @@ def _build(model: StudyFileModel, folder: Path, path: Path) -> LoadedStudy:
     return LoadedStudy(spec, model.budget_epochs, model.budget_hours, path)
 
 
-def _model_space(model: StudyFileModel, folder: Path) -> FineTuneSpace:
-    if model.backbone is not None:
+def _model_space(model: StudyFileModel, folder: Path, problems: Problems) -> FineTuneSpace:
+    """The base space on the file's backbone, image size and weights. Where the backbone is
+    wrong, the base space's own stands in, so that the rest of the file is still checked (the
+    checks that depend on the backbone then skip it)."""
+    backbone = model.backbone
+    if backbone is not None:
         try:
-            get_backbone(model.backbone)
+            get_backbone(backbone)
         except UnknownBackboneError as error:
-            raise _KeyError("backbone", str(error)) from None
-    weights = None if model.weights is None else local_weights(model.weights, folder, "weights")
+            problems.add("backbone", str(error))
+            backbone = None
+    weights = None
+    if model.weights is not None:
+        try:
+            weights = local_weights(model.weights, folder, "weights")
+        except ConfigError as error:
+            problems.add_line("weights", str(error))
     if model.space == GENERIC:
-        if model.backbone is None:
-            raise _KeyError("backbone", f"required with space: {GENERIC}")
-        base = for_backbone(model.backbone)
+        if model.backbone is None and not problems.about("backbone"):
+            problems.add("backbone", f"required with space: {GENERIC}")
+        base = for_backbone(backbone) if backbone is not None else effnet_b4.SPACE
     else:
         base_space = get_study_spec(model.space).space
         assert isinstance(base_space, FineTuneSpace)
         base = base_space
-    return retarget(base, backbone=model.backbone, image_size=model.image_size, weights=weights)
+    return retarget(base, backbone=backbone, image_size=model.image_size, weights=weights)
 
 
 def local_weights(weights: str, folder: Path, key: str) -> str:
-    """`imagenet`, or the absolute path of a weights file named relative to `folder`."""
+    """`imagenet`, or the absolute path of a weights file named relative to `folder`; a file
+    that does not exist is a `ConfigError` naming `key`."""
     if weights == "imagenet":
         return weights
     resolved = (folder / weights).resolve()
     if not resolved.is_file():
-        raise _KeyError(key, f"{resolved} does not exist (`imagenet` or a .weights.h5 file)")
+        raise ConfigError(f"{key}: {resolved} does not exist (`imagenet` or a .weights.h5 file)")
     return str(resolved)
 
 
@@ -253,105 +249,6 @@ def _local(source: str, folder: Path) -> str:
     return str((folder / source).resolve())
 
 
-def _with_ladder(space: FineTuneSpace, ladder: tuple[int, ...] | None) -> FineTuneSpace:
-    if ladder is None:
-        return space
-    units = get_backbone(space.backbone).unit_count
-    if not ladder or any(step < 0 or step > units for step in ladder):
-        raise _KeyError(
-            "unfreeze_ladder",
-            f"steps are whole units unfrozen, 0..{units} on {space.backbone}; got {list(ladder)}",
-        )
-    if any(later <= earlier for earlier, later in itertools.pairwise(ladder)):
-        raise _KeyError("unfreeze_ladder", f"steps must increase; got {list(ladder)}")
-    return replace(space, unfreeze_ladder=ladder)
-
-
-def _unknown(key: str, name: str) -> _KeyError:
-    names = sorted({*FLOAT_RANGES, *CHOICES})
-    hint = "; the ladder is `unfreeze_ladder`" if name == "unfreeze_level" else ""
-    return _KeyError(f"{key}.{name}", f"unknown parameter{hint}; parameters: {', '.join(names)}")
-
-
-def _with_ranges(space: FineTuneSpace, ranges: Mapping[str, tuple[Any, ...]]) -> FineTuneSpace:
-    changes: dict[str, Any] = {}
-    for name, values in ranges.items():
-        key = f"ranges.{name}"
-        if name in FLOAT_RANGES:
-            field_name, log = FLOAT_RANGES[name]
-            changes[field_name] = _float_range(key, values, log=log)
-            backbone = get_backbone(space.backbone)
-            if name == "drop_connect_rate" and not backbone.supports_drop_connect:
-                raise _KeyError(key, f"{space.backbone} has no stochastic depth to set")
-        elif name in CHOICES:
-            field_name, valid, allowed = CHOICES[name]
-            if not values:
-                raise _KeyError(key, "needs at least one choice")
-            bad = [value for value in values if not valid(value)]
-            if bad:
-                raise _KeyError(key, f"got {bad[0]!r}; choices must be {allowed}")
-            if len(set(map(repr, values))) != len(values):
-                raise _KeyError(key, f"a choice is listed twice: {list(values)}")
-            changes[field_name] = tuple(float(v) if name in FLOAT_CHOICES else v for v in values)
-        else:
-            raise _unknown("ranges", name)
-    return replace(space, **changes)
-
-
-def _float_range(key: str, values: tuple[Any, ...], *, log: bool) -> tuple[float, float]:
-    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-    if len(values) != 2 or len(numbers) != 2:
-        raise _KeyError(key, f"a range is [low, high]; got {list(values)}")
-    low, high = float(numbers[0]), float(numbers[1])
-    if low > high:
-        raise _KeyError(key, f"low {low:g} is above high {high:g}")
-    if log and low <= 0:
-        raise _KeyError(key, f"the range is on a log scale, so low must be above 0; got {low:g}")
-    if low < 0:
-        raise _KeyError(key, f"must be 0 or more; got {low:g}")
-    return low, high
-
-
-def _with_fixed(space: FineTuneSpace, fixed: Mapping[str, Any]) -> FineTuneSpace:
-    values: dict[str, Any] = {}
-    for name, value in fixed.items():
-        key = f"fixed.{name}"
-        if name == "unfreeze_level":
-            top = len(space.unfreeze_ladder) - 1
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
-                raise _KeyError(key, f"a step of the unfreeze ladder, 0..{top}; got {value!r}")
-        elif name == "use_l2sp":
-            if not isinstance(value, bool):
-                raise _KeyError(key, f"true or false; got {value!r}")
-            if value and not space.l2sp_alpha and "l2sp_alpha" not in fixed:
-                raise _KeyError(key, "this space has no l2sp_alpha; set ranges.l2sp_alpha")
-        elif name in FLOAT_RANGES:
-            value = _float_range(key, (value, value), log=FLOAT_RANGES[name][1])[0]
-            backbone = get_backbone(space.backbone)
-            if name == "drop_connect_rate" and not backbone.supports_drop_connect:
-                raise _KeyError(key, f"{space.backbone} has no stochastic depth to set")
-        elif name in CHOICES:
-            _, valid, allowed = CHOICES[name]
-            if not valid(value):
-                raise _KeyError(key, f"got {value!r}; must be one of {allowed}")
-            value = float(value) if name in FLOAT_CHOICES else value
-        else:
-            raise _unknown("fixed", name)
-        values[name] = value
-    return replace(space, fixed={**space.fixed, **values})
-
-
-def _with_roles(space: FineTuneSpace, roles: Mapping[str, str]) -> FineTuneSpace:
-    searched = {p.name for p in space.parameters() if p.role != Role.FIXED}
-    for name in roles:
-        if name not in searched:
-            raise _KeyError(
-                f"roles.{name}",
-                f"not a searched parameter of this space; searched: {', '.join(sorted(searched))}",
-            )
-    return replace(space, roles={**space.roles, **{k: Role(v) for k, v in roles.items()}})
-
-
 def _longest_head(space: FineTuneSpace, enqueued: list[EnqueuedTrial]) -> int:
     """The most epochs a trial's head phase may train: the space's, or an enqueued config's."""
     heads = [int(space.fixed.get("head_epochs", max(space.head_epochs)))]
@@ -359,87 +256,28 @@ def _longest_head(space: FineTuneSpace, enqueued: list[EnqueuedTrial]) -> int:
     return max(heads)
 
 
-def _enqueued(paths: tuple[str, ...], folder: Path) -> list[EnqueuedTrial]:
+def _enqueued(paths: tuple[str, ...], folder: Path, problems: Problems) -> list[EnqueuedTrial]:
     known = []
     for index, name in enumerate(paths):
+        key = f"enqueue[{index}]"
         resolved = (folder / name).resolve()
         if not resolved.is_file():
-            raise _KeyError(f"enqueue[{index}]", f"{resolved} does not exist")
+            problems.add(key, f"{resolved} does not exist")
+            continue
         try:
             config = load_config(resolved)
         except ConfigError as error:
-            raise _KeyError(f"enqueue[{index}]", str(error)) from None
+            problems.add(key, str(error))
+            continue
         weights = config.model.weights
         if weights not in (None, "imagenet"):
             # Named relative to the config file, as the study file names its own.
             where = resolved.parent / weights
             if not where.is_file():
-                raise _KeyError(f"enqueue[{index}]", f"model.weights: {where} does not exist")
+                problems.add(key, f"model.weights: {where} does not exist")
+                continue
             model = config.model.model_copy(update={"weights": str(where.resolve())})
             config = config.model_copy(update={"model": model})
         # Labelled as the file names it, so that two `best.yaml`s of different folders differ.
         known.append(EnqueuedTrial(name, {}, config.model_copy(update={"provenance": None})))
     return known
-
-
-def study_config(config: TrainConfig, space: FineTuneSpace, data_source: str) -> TrainConfig:
-    """An enqueued config on the study's data: its source, hold-out and generated sizes."""
-    raw = config.to_dict()
-    raw["data"] |= {"source": data_source, "validation": space.validation}
-    raw["data"].pop("synthetic", None)
-    if space.synthetic is not None and data_source.startswith(SYNTHETIC_PREFIX):
-        raw["data"]["synthetic"] = dict(space.synthetic)
-    return TrainConfig.from_dict(raw)
-
-
-def with_overrides(
-    spec: StudySpec,
-    *,
-    backbone: str | None = None,
-    image_size: int | None = None,
-    weights: str | None = None,
-) -> StudySpec:
-    """`spec` moved by `--backbone`, `--image-size` and `--weights` (a weights path relative to
-    the working directory). Known configs that are no longer points of the space are dropped."""
-    if backbone is None and image_size is None and weights is None:
-        return spec
-    space = spec.space
-    if not isinstance(space, FineTuneSpace):
-        raise ConfigError(
-            f"--backbone, --image-size, --weights: study {spec.name!r} has a space written as "
-            "a function; change it in its code"
-        )
-    if backbone is not None:
-        try:
-            get_backbone(backbone)
-        except UnknownBackboneError as error:
-            raise ConfigError(f"--backbone: {error}") from None
-    if image_size is not None and not 32 <= image_size <= 2048:
-        raise ConfigError(f"--image-size: got {image_size}; must be 32..2048 pixels")
-    if weights is not None:
-        try:
-            weights = local_weights(weights, Path.cwd(), "--weights")
-        except _KeyError as error:
-            raise ConfigError(str(error)) from None
-    moved = retarget(space, backbone=backbone, image_size=image_size, weights=weights)
-    parameters = {p.name: p for p in moved.parameters() if p.role != Role.FIXED}
-    kept = tuple(
-        known
-        for known in spec.enqueued
-        if (known.config is not None and _same_model(known.config, moved))
-        or (
-            known.config is None
-            and all(
-                parameters[name].contains(value)
-                for name, value in known.params.items()
-                if name in parameters
-            )
-        )
-    )
-    return replace(spec, space=moved, enqueued=kept)
-
-
-def _same_model(config: TrainConfig, space: FineTuneSpace) -> bool:
-    """Whether a config trains the backbone, weights and image size the space does."""
-    model = (config.model.backbone, config.model.weights, config.data.image_size)
-    return model == (space.backbone, space.weights, space.image_size)

@@ -21,7 +21,7 @@ from search.engines.optuna_engine import OptunaEngine
 from search.storage.retry import DEFAULT_STORAGE_RETRY_S, StorageRetry, retry_storage_calls
 from search.storage.urls import make_storage, redact
 from search.study.budget import Limits
-from search.study.files import study_config
+from search.study.overrides import study_config
 from search.study.registry import EnqueuedTrial, StudySpec
 from search.trial.retry import RetryPolicy, retry_params
 from search.vocabulary import RENAMED_PARAMS, StudyAttr, TrialAttr

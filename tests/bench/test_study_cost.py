@@ -1,5 +1,6 @@
-"""bench.study_cost: the configs it draws, the scripts' specs and times, the accuracy check,
-and a run end to end (the study's times: test_study_timeline)."""
+"""bench.study_cost: the configs it draws, the scripts' specs and times (`study_cost_sides`), the
+accuracy check (`study_cost_report`), and a run end to end (the study's times:
+test_study_timeline)."""
 
 from __future__ import annotations
 
@@ -14,20 +15,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from bench.study_cost import (
-    FULL,
-    QUICK,
-    RATIO_PREFIX,
-    AccuracyCheck,
-    check_accuracy,
-    config_of,
-    draw_params,
-    head_share,
-    last_json_line,
-    script_run,
-    script_spec,
-)
+from bench.study_cost import FULL, QUICK, RATIO_PREFIX, config_of, draw_params, head_share
+from bench.study_cost_report import AccuracyCheck, check_accuracy
 from bench.study_cost_run import STUDY_NAME, UnprunedStudySpec, space_from_plan, study_spec
+from bench.study_cost_sides import last_json_line, script_run, script_spec
 from search.pruning.collapse import CollapseRules, EpochView, find_collapse
 from spaces.demo import PRETRAINED_WEIGHTS
 from tests.conftest import REPO

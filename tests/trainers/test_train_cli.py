@@ -1,4 +1,5 @@
-"""`python -m trainers.train`: files written, MLflow run logged, one-line errors."""
+"""`python -m trainers.train`: files written, MLflow run logged, one-line errors (a study file
+given to it among them)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import yaml
 
 from tests.conftest import REPO
 from trainers.config.schema import load_config
+from trainers.errors import ConfigError
 from trainers.fit.history import TrainingHistory
+from trainers.train import main as train_main
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -103,6 +106,36 @@ def test_bad_config_is_one_error_line(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     # Nothing was created for a config that never ran.
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    "study", sorted((REPO / "studies").glob("*.yaml")), ids=lambda path: path.name
+)
+def test_a_study_file_is_one_line_saying_how_to_run_it(
+    study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / study.name).write_text(study.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as raised:
+        load_config(study.name)
+    name = study.name
+    expected = f"{name} is a study file; run it with python -m search.run --study {name}"
+    assert str(raised.value) == expected
+    # The command, in process (a config's errors come before TensorFlow is imported).
+    assert train_main(["--config", study.name]) == 2
+    assert capsys.readouterr().err == f"error: {expected}\n"
+    # Nothing was created for a study file that never ran.
+    assert sorted(path.name for path in tmp_path.iterdir()) == [study.name]
+
+
+def test_a_config_with_a_mistake_is_not_taken_for_a_study_file(tmp_path: Path) -> None:
+    # A config's own mistakes are still reported as such, whatever its keys.
+    config = tmp_path / "typo.yaml"
+    config.write_text(
+        (REPO / "configs" / "cpu_small.yaml").read_text(encoding="utf-8") + "batch_sise: 8\n"
+    )
+    with pytest.raises(ConfigError, match=r"typo\.yaml: invalid config: batch_sise: unknown key"):
+        load_config(config)
 
 
 def test_malformed_exported_yaml_is_one_error_line(tmp_path: Path) -> None:

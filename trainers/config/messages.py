@@ -12,7 +12,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["describe_validation_error"]
+__all__ = ["describe_problems", "describe_validation_error", "validation_problems"]
 
 #: A position in the validated data, as pydantic reports it: keys and list indices.
 Location = tuple[int | str, ...]
@@ -23,6 +23,11 @@ def describe_validation_error(
 ) -> str:
     """All problems of `error`, one line each; `root` is the model that was validated, `what`
     names it in the message."""
+    return describe_problems(validation_problems(error, root=root), what=what)
+
+
+def validation_problems(error: ValidationError, *, root: type[BaseModel]) -> list[str]:
+    """One line per problem of `error` ("key: what is wrong"), each once, in pydantic's order."""
     items = error.errors(include_url=False)
     # A list whose items are all invalid is also reported as too short; the items say why.
     lines = [
@@ -30,10 +35,18 @@ def describe_validation_error(
         for item in items
         if not (item["type"] == "too_short" and _has_errors_inside(item["loc"], items))
     ]
-    unique = list(dict.fromkeys(lines))
+    return list(dict.fromkeys(lines))
+
+
+def describe_problems(problems: Sequence[str], *, what: str) -> str:
+    """The message for every problem of one file: a single problem on the first line, several
+    counted there and listed one per line below it (a problem of several lines, an enqueued
+    config's say, indented as a block)."""
+    unique = list(dict.fromkeys(problems))
     if len(unique) == 1:
         return f"invalid {what}: {unique[0]}"
-    return f"invalid {what} ({len(unique)} problems):\n  " + "\n  ".join(unique)
+    listed = "\n  ".join(problem.replace("\n", "\n  ") for problem in unique)
+    return f"invalid {what} ({len(unique)} problems):\n  {listed}"
 
 
 def _key_path(location: Location) -> str:

@@ -24,6 +24,7 @@ from trainers.errors import ConfigError
 from trainers.model.backbones import BACKBONES, get_backbone
 
 __all__ = [
+    "STUDY_FILE_KEYS",
     "ConfigError",
     "DataConfig",
     "ModelConfig",
@@ -303,9 +304,46 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"{where}: {problem}"
 
 
+#: Top-level keys of a study file (`search.study.files`) that no TrainConfig has. A config that
+#: fails to load and has one is a study file given to a training command: it is told where to
+#: go instead of getting a list of unknown keys. (trainers imports no search code, so the keys
+#: are written out here; a test checks them against the study file's schema.)
+STUDY_FILE_KEYS = frozenset(
+    {
+        "space",
+        "ranges",
+        "fixed",
+        "roles",
+        "enqueue",
+        "unfreeze_ladder",
+        "n_trials",
+        "budget_epochs",
+        "budget_hours",
+        "pruner",
+    }
+)
+
+
 def load_config(path: str | Path) -> TrainConfig:
-    """Read a YAML config file; every problem is a ConfigError that names the file."""
-    return TrainConfig.from_yaml(read_text_file(Path(path), "config"), origin=str(path))
+    """Read a YAML config file; every problem is a ConfigError that names the file, and a study
+    file is one line saying how to run it."""
+    text = read_text_file(Path(path), "config")
+    try:
+        return TrainConfig.from_yaml(text, origin=str(path))
+    except ConfigError:
+        if _is_study_file(text):
+            raise ConfigError(
+                f"{path} is a study file; run it with python -m search.run --study {path}"
+            ) from None
+        raise
+
+
+def _is_study_file(text: str) -> bool:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False
+    return isinstance(raw, Mapping) and not STUDY_FILE_KEYS.isdisjoint(raw)
 
 
 def read_text_file(path: Path, what: str) -> str:

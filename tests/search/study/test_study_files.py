@@ -1,9 +1,11 @@
-"""Study files (`search.study.files`), the space listing, `--backbone/--image-size/--weights`,
-resume checks on the model a study trains, and enqueued configs run by the real coordinator.
+"""Study files (`search.study.files`, `space_changes`, `overrides`), the space listing,
+`--backbone/--image-size/--weights`, resume checks on the model a study trains, and enqueued
+configs run by the real coordinator.
 
 The shipped examples in `studies/` are loaded as they are; bad files are written to a temporary
 folder, each with exactly one problem, and must be refused with one `ConfigError` (or one
-`error:` line from the CLI) that names the file and the key, before anything is written. The
+`error:` line from the CLI) that names the file and the key, before anything is written; a file
+with several is refused with all of them, one line each, and a mistake is not reported twice. The
 coordinator tests use the TensorFlow-free scripted worker; one slow test runs the image-folder
 example for real, from a copy of the layout it expects.
 """
@@ -22,13 +24,8 @@ from optuna.trial import FixedTrial, TrialState
 
 from search.runner.coordinator import run_study
 from search.studies import main as studies_main
-from search.study.files import (
-    LoadedStudy,
-    load_study_file,
-    resolve_study,
-    study_config,
-    with_overrides,
-)
+from search.study.files import LoadedStudy, StudyFileModel, load_study_file, resolve_study
+from search.study.overrides import study_config, with_overrides
 from search.study.registry import (
     DEMO_BATCHNORM_UNFROZEN,
     DEMO_RECIPE,
@@ -47,7 +44,7 @@ from tests.conftest import PRETRAINED_WEIGHTS, REPO
 from tests.search.scripted_worker import ScriptedWorker
 from tests.search.test_cli import _one_error_line, _run
 from tests.search.tiny_study import settings
-from trainers.config.schema import TrainConfig, load_config
+from trainers.config.schema import STUDY_FILE_KEYS, TrainConfig, load_config
 from trainers.errors import ConfigError
 from trainers.model.backbones import get_backbone
 
@@ -253,6 +250,103 @@ def test_a_bad_study_file_is_one_error_line_from_the_cli_and_writes_nothing(
     assert line.startswith("error: bad.yaml: ") and f"{key}: " in line
     # No optuna.db, mlflow.db or runs/.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+#: Files with one mistake that a later check could echo: each is still one line.
+ONE_MISTAKE_NOT_TWO = {
+    "a fixed step of a refused ladder": (
+        # Step 8 of the file's ladder; the base space's has 7.
+        BASE + "unfreeze_ladder: [0, 1, 2, 3, 4, 5, 6, 8, 7]\nfixed:\n  unfreeze_level: 8\n",
+        "unfreeze_ladder: steps must increase",
+    ),
+    "a ladder on an unknown backbone": (
+        BASE + "backbone: ResNet9000\nunfreeze_ladder: [0, 1, 99]\n",
+        "backbone: unknown backbone 'ResNet9000'",
+    ),
+    "a backbone the schema refuses is not also missing": (
+        "name: bad\nspace: finetune\ndata: synthetic:target\nbackbone: [ResNet50]\n",
+        "invalid study file: backbone: got ['ResNet50']",
+    ),
+    "L2-SP fixed on with its refused range": (
+        BASE + "ranges:\n  l2sp_alpha: [0, 0.1]\nfixed:\n  use_l2sp: true\n",
+        "ranges.l2sp_alpha: the range is on a log scale",
+    ),
+    "the role of a parameter whose range was refused": (
+        # The demo space fixes augmentation; the file's range would have searched it.
+        BASE + "ranges:\n  augmentation: [basic, sepia]\nroles:\n  augmentation: nuisance\n",
+        "ranges.augmentation: got 'sepia'",
+    ),
+}
+
+
+@pytest.mark.parametrize("problem", list(ONE_MISTAKE_NOT_TWO))
+def test_a_mistake_is_not_reported_again_by_the_checks_that_depend_on_it(
+    problem: str, tmp_path: Path
+) -> None:
+    text, expected = ONE_MISTAKE_NOT_TWO[problem]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_study_file(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: {expected}") and "\n" not in message, message
+
+
+def test_every_mistake_of_a_study_file_is_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        BASE
+        + "colour: red\nbackbone: ResNet9000\nenqueue: [best.yaml, also.yaml]\n"
+        + "ranges:\n  head_lr: [0.1, 0.01]\n  momentum: [0.8, 0.9]\n"
+        + "fixed:\n  augmentation: sepia\nroles:\n  head_dropout: important\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_study_file(path)
+    first, *lines = str(raised.value).split("\n")
+    assert first == f"{path}: invalid study file (8 problems):"
+    folder = tmp_path.resolve()
+    # The schema's refusals first (as pydantic lists them), then the rest of the file, checked
+    # without what the schema refused, in the order of the checks.
+    assert [line.split(";")[0] for line in lines] == [
+        "  roles.head_dropout: got 'important'",
+        "  colour: unknown key",
+        "  backbone: unknown backbone 'ResNet9000'",
+        "  ranges.head_lr: low 0.1 is above high 0.01",
+        "  ranges.momentum: unknown parameter",
+        "  fixed.augmentation: got 'sepia'",
+        f"  enqueue[0]: {folder}/best.yaml does not exist",
+        f"  enqueue[1]: {folder}/also.yaml does not exist",
+    ]
+
+
+def test_a_study_file_with_three_mistakes_is_one_error_from_the_cli_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        BASE + "colour: red\nranges:\n  head_lr: [0.1, 0.01]\nroles:\n  momentum: nuisance\n",
+        encoding="utf-8",
+    )
+    done = _run("search.run", ["--study", "bad.yaml"], tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr
+    first, *lines = done.stderr.strip().split("\n")
+    assert first == "error: bad.yaml: invalid study file (3 problems):"
+    assert [line.split(":")[0] for line in lines] == [
+        "  colour",
+        "  ranges.head_lr",
+        "  roles.momentum",
+    ]
+    assert "low 0.1 is above high 0.01" in lines[1]
+    assert "not a searched parameter of this space" in lines[2]
+    # No optuna.db, mlflow.db or runs/.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_the_keys_that_tell_a_study_file_from_a_config_are_a_study_files_only() -> None:
+    # trainers names them without importing search (`load_config` of a study file).
+    assert STUDY_FILE_KEYS.issubset(StudyFileModel.model_fields)
+    assert STUDY_FILE_KEYS.isdisjoint(TrainConfig.model_fields)
+    assert "space" in STUDY_FILE_KEYS  # which every study file has
 
 
 # -- 3. python -m search.studies ---------------------------------------------------------------
