@@ -84,7 +84,14 @@ from bench.study_cost_report import (
     table,
     to_json,
 )
-from bench.study_cost_sides import REPO, BenchError, run_script, run_study, script_spec, unit_layers
+from bench.study_cost_sides import (
+    REPO,
+    BenchError,
+    run_cost_study,
+    run_script,
+    script_spec,
+    unit_layers,
+)
 from spaces import demo
 from spaces.finetune import FineTuneSpace
 from trainers.config.schema import TrainConfig
@@ -241,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"  script {index}: {describe(config)}: {scripts[-1].breakdown.total:.1f}s, "
                 f"best val_acc {accuracy_cell(scripts[-1].best_val_accuracy).strip()}"
             )
-        timeline = run_study(plan_path, data, output / "study", count, flags, env)
+        timeline = run_cost_study(plan_path, data, output / "study", count, flags, env)
     except BenchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

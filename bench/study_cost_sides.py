@@ -131,7 +131,7 @@ def run_script(spec_path: Path, log_path: Path, env: Mapping[str, str]) -> Confi
 # -- the study's side -----------------------------------------------------------------------------
 
 
-def run_study(
+def run_cost_study(
     plan_path: Path, data: Path, output: Path, count: int, flags: Sequence[str],
     env: Mapping[str, str],
 ) -> StudyTimeline:  # fmt: skip
