@@ -12,8 +12,8 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from trainers.model.backbones import INPUT_RANGE
 from trainers.config.schema import AugmentationPolicy
+from trainers.model.backbones import INPUT_RANGE
 
 BatchTransform = Callable[[tf.Tensor], tf.Tensor]
 

@@ -15,23 +15,22 @@ import hashlib
 import os
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from trainers.caching.images import decoded_images
-from trainers.data.augmentation import make_augmentation
-from trainers.data.examples import Examples, from_arrays, in_order
 from trainers.caching.store import CacheFullError, CacheProgress
 from trainers.config.schema import SYNTHETIC_PREFIX, TFDS_PREFIX, TrainConfig
-from trainers.errors import DataError, DataWarning
+from trainers.data.augmentation import make_augmentation
+from trainers.data.examples import Examples, in_order
 from trainers.data.image_folder import scan_image_folder, stratified_split
 from trainers.data.synthetic import GENERATOR_VERSION as SYNTHETIC_GENERATOR_VERSION
 from trainers.data.synthetic import generate
+from trainers.errors import DataError, DataWarning
 
 AUTOTUNE = tf.data.AUTOTUNE
 

@@ -20,13 +20,12 @@ classes never changes the ones already generated.
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 import numpy as np
 

@@ -10,9 +10,9 @@ import pytest
 
 from tests.conftest import small_config_dict
 from trainers.config.schema import TrainConfig
+from trainers.data.image_folder import scan_image_folder, stratified_split
 from trainers.data.pipelines import balanced_class_weights, load_datasets
 from trainers.errors import DataError, DataWarning
-from trainers.data.image_folder import scan_image_folder, stratified_split
 
 
 def _folder_config(source: Path, **data: object) -> TrainConfig:
