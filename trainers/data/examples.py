@@ -38,7 +38,6 @@ class Examples:
         return len(self.class_names)
 
 
-
 def in_order(images: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
     """(float32 image, label) pairs from uint8 images, in their order."""
     pairs = from_arrays(images, labels)
@@ -66,4 +65,7 @@ def from_arrays(
         tf.TensorSpec((None, *values.shape[1:]), tf.as_dtype(values.dtype)),
         tf.TensorSpec((None,), tf.as_dtype(labels.dtype)),
     )
-    return tf.data.Dataset.from_generator(chunks, output_signature=signature).unbatch()
+    streamed = tf.data.Dataset.from_generator(chunks, output_signature=signature).unbatch()
+    # A generator's length is unknown to tf.data, and Keras then warns "Your input ran out of
+    # data" at the end of every fit's first epoch; the count is known, so say it.
+    return streamed.apply(tf.data.experimental.assert_cardinality(len(labels)))
