@@ -40,6 +40,7 @@ from search.trial.retry import RetryPolicy, StudyStoppedError
 from trainers.caching.store import GIGABYTE
 from trainers.data.image_folder import scan_image_folder
 from trainers.errors import ModelBuildError, TrainerInputError
+from trainers.installation import require_tensorflow
 from trainers.outputs import ensure_writable_folder
 from trainers.redaction import hide_passwords
 from trainers.tracking import check_tracking_uri, resolve_tracking_uri
@@ -209,6 +210,8 @@ def preflight(spec: StudySpec, data_source: str) -> None:
 
 def settings_from(args: argparse.Namespace) -> tuple[StudySpec, RunSettings]:
     """The study (with the command's overrides) and how to run it."""
+    # Every trial's worker would fail on it; the coordinator only looks, never imports it.
+    require_tensorflow()
     loaded = resolve_study(args.study)
     spec = with_overrides(
         loaded.spec, backbone=args.backbone, image_size=args.image_size, weights=args.weights

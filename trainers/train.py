@@ -21,6 +21,7 @@ from pathlib import Path
 from trainers.caching.store import GIGABYTE
 from trainers.config.schema import TrainConfig, load_config, save_config
 from trainers.errors import TrainerInputError
+from trainers.installation import require_tensorflow
 from trainers.outputs import ensure_writable_folder
 from trainers.tracking import (
     check_tracking_uri,
@@ -89,6 +90,7 @@ def train(
     cache_dir: Path | None = None,
     cache_budget_bytes: int | None = None,
 ) -> int:
+    require_tensorflow()
     config = load_config(config_path)
 
     # Importing the Keras side only now keeps `--help` and config errors instant.
