@@ -37,6 +37,14 @@ def resolve_tracking_uri(explicit: str | None = None) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` tracking URI (relative to the working folder
+    unless absolute); None for any other URI."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
 class TrackingError(TrainerInputError):
     """The MLflow tracking URI is unusable (unreachable server, unwritable store)."""
 
@@ -54,8 +62,9 @@ def check_tracking_uri(uri: str) -> None:
             raise TrackingError(
                 f"MLflow tracking server {redact(uri)} is unreachable: {reason}"
             ) from None
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
+    database = sqlite_file(uri)
+    if database is not None:
+        folder = database.parent
     elif uri.startswith("file:") or "://" not in uri:
         folder = Path(uri.removeprefix("file://").removeprefix("file:"))
         folder = folder if folder.is_dir() else folder.parent
@@ -111,13 +120,13 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     keeps artifacts in its own folder. MLflow's default for any other database is `./mlruns`
     in whatever folder the first run happens to start in.
     """
-    if not tracking_uri.startswith("sqlite:///"):
+    database = sqlite_file(tracking_uri)
+    if database is None:
         return None
-    database = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
     # One folder per experiment, named after it; its runs are folders named by their ids, so
     # two experiments whose names map to the same folder still never share a file.
     folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip(".") or "experiment"
-    return str(Path(database).resolve().parent / ARTIFACTS_FOLDER / folder)
+    return str(database.resolve().parent / ARTIFACTS_FOLDER / folder)
 
 
 def ensure_experiment(client: Any, name: str) -> str:
