@@ -40,7 +40,7 @@ from search.trial.retry import RetryPolicy, StudyStoppedError
 from trainers.caching.store import GIGABYTE
 from trainers.data.image_folder import scan_image_folder
 from trainers.errors import ModelBuildError, TrainerInputError
-from trainers.installation import require_tensorflow
+from trainers.installation import add_version_option, require_tensorflow
 from trainers.outputs import ensure_writable_folder
 from trainers.redaction import hide_passwords
 from trainers.tracking import check_tracking_uri, resolve_tracking_uri
@@ -55,6 +55,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m search.run",
         description="Run (or resume) an Optuna study of fine-tuning strategies.",
     )
+    add_version_option(parser)
     parser.add_argument(
         "--study",
         required=True,

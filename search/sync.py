@@ -27,6 +27,7 @@ from search.tracking.spool import (
     replay_spool,
     server_unreachable,
 )
+from trainers.installation import add_version_option
 from trainers.redaction import hide_passwords
 from trainers.tracking import (
     TrackingError,
@@ -42,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m search.sync",
         description="Write a study's spooled MLflow writes to its tracking server.",
     )
+    add_version_option(parser)
     parser.add_argument(
         "--output", required=True, help="the study's output folder (search.run --output)"
     )

@@ -1,8 +1,10 @@
-"""Installed without TensorFlow (`pip install .`, no extra), the commands that train say which
-extra to install, in one line, before they start anything."""
+"""The installed package as the commands see it: each prints its version (`--version`), and,
+installed without TensorFlow (`pip install .`, no extra), those that train say which extra to
+install, in one line, before they start anything."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -82,3 +84,31 @@ def test_a_command_that_trains_names_the_extra_to_install(
         '"finetune-search[cuda]" for NVIDIA GPUs (from a clone: pip install -e ".[cpu]")'
     ]
     assert list(tmp_path.iterdir()) == []  # no store, no output folder: nothing started
+
+
+COMMANDS = (
+    "search.run",
+    "search.export",
+    "search.studies",
+    "search.sync",
+    "trainers.train",
+    "trainers.synthetic",
+    "trainers.pretrain",
+)
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_every_command_prints_its_version(module: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--version"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    version = importlib.metadata.version("finetune-search")
+    assert done.stdout == f"python -m {module} {version}\n"
+    assert list(tmp_path.iterdir()) == []
