@@ -32,6 +32,7 @@ from search.study.files import is_study_file, load_study_file
 from search.vocabulary import StudyAttr, TrialAttr
 from trainers.config.schema import Provenance, TrainConfig
 from trainers.errors import TrainerInputError
+from trainers.installation import add_version_option
 from trainers.redaction import hide_passwords
 
 
@@ -102,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m search.export",
         description="Write the best trial's config as YAML for python -m trainers.train.",
     )
+    add_version_option(parser)
     parser.add_argument("--study", required=True, help="the study's name, or its study file")
     parser.add_argument(
         "-o", "--output", default="best.yaml", help="file to write (default: %(default)s)"

@@ -41,6 +41,7 @@ from search.trial.retry import RetryPolicy, StudyStoppedError
 from trainers.caching.store import GIGABYTE
 from trainers.data.image_folder import scan_image_folder
 from trainers.errors import ModelBuildError, TrainerInputError
+from trainers.installation import add_version_option, require_tensorflow
 from trainers.outputs import ensure_writable_folder
 from trainers.redaction import hide_passwords
 from trainers.tracking import check_tracking_uri, resolve_tracking_uri
@@ -55,6 +56,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m search.run",
         description="Run (or resume) an Optuna study of fine-tuning strategies.",
     )
+    add_version_option(parser)
     parser.add_argument(
         "--study",
         required=True,
@@ -210,6 +212,8 @@ def preflight(spec: StudySpec, data_source: str) -> None:
 
 def settings_from(args: argparse.Namespace) -> tuple[StudySpec, RunSettings]:
     """The study (with the command's overrides) and how to run it."""
+    # Every trial's worker would fail on it; the coordinator only looks, never imports it.
+    require_tensorflow()
     loaded = resolve_study(args.study)
     spec = with_overrides(
         loaded.spec, backbone=args.backbone, image_size=args.image_size, weights=args.weights

@@ -24,6 +24,7 @@ from spaces.finetune import FineTuneSpace
 from spaces.generic import ladder_steps
 from spaces.parameters import Role
 from trainers.errors import TrainerInputError
+from trainers.installation import add_version_option
 
 #: Where the shipped example study files live, relative to the repository root.
 EXAMPLES_FOLDER = Path("studies")
@@ -98,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m search.studies",
         description="List the registered studies, or print one study's search space.",
     )
+    add_version_option(parser)
     parser.add_argument("study", nargs="?", help="a registered study's name or a study file")
     parser.add_argument("--backbone", help="as search.run's --backbone")
     parser.add_argument("--image-size", type=int, help="as search.run's --image-size")

@@ -23,6 +23,7 @@ import yaml
 
 from trainers.config.schema import TrainConfig
 from trainers.errors import TrainerInputError
+from trainers.installation import add_version_option, require_tensorflow
 
 DEFAULT_OUT = "spaces/weights/mobilenetv3small_synthetic_source_64.weights.h5"
 
@@ -53,6 +54,7 @@ def pretrain_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def pretrain(args: argparse.Namespace) -> Path:
+    require_tensorflow()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
@@ -112,6 +114,7 @@ def pretrain(args: argparse.Namespace) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainers.pretrain", description=__doc__)
+    add_version_option(parser)
     parser.add_argument("--backbone", default="MobileNetV3Small")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--classes", type=int, default=16)

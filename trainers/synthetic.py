@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import get_args
 
 from trainers.data.synthetic import Task, write_image_folder
+from trainers.installation import add_version_option
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -19,6 +20,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m trainers.synthetic",
         description="Write a generated task as a folder of class subfolders of PNG images.",
     )
+    add_version_option(parser)
     parser.add_argument("--task", choices=get_args(Task), default="target")
     parser.add_argument("--classes", type=int, default=8)
     parser.add_argument("--images-per-class", type=int, default=50)

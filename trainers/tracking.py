@@ -3,6 +3,10 @@
 Keras-free, so the search coordinator logs through the same code. The tracking URI defaults to
 `sqlite:///mlflow.db` in the working directory; MLFLOW_TRACKING_URI or an explicit URI wins.
 Browse with `mlflow ui --backend-store-uri sqlite:///mlflow.db`.
+
+Artifacts go beside the store that holds their runs: `mlartifacts/<experiment>/` next to a
+SQLite file, as `mlflow server` keeps its own in `./mlartifacts` (`artifact_location`). A
+tracking server decides for itself, and so does a file store (its own folder).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -32,6 +37,14 @@ def resolve_tracking_uri(explicit: str | None = None) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` tracking URI (relative to the working folder
+    unless absolute); None for any other URI."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
 class TrackingError(TrainerInputError):
     """The MLflow tracking URI is unusable (unreachable server, unwritable store)."""
 
@@ -49,8 +62,9 @@ def check_tracking_uri(uri: str) -> None:
             raise TrackingError(
                 f"MLflow tracking server {redact(uri)} is unreachable: {reason}"
             ) from None
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
+    database = sqlite_file(uri)
+    if database is not None:
+        folder = database.parent
     elif uri.startswith("file:") or "://" not in uri:
         folder = Path(uri.removeprefix("file://").removeprefix("file:"))
         folder = folder if folder.is_dir() else folder.parent
@@ -95,16 +109,38 @@ def make_client(tracking_uri: str | None = None) -> Any:
     return MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
 
 
+#: The folder beside a SQLite tracking store that holds its experiments' artifacts.
+ARTIFACTS_FOLDER = "mlartifacts"
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Where a new experiment's artifacts go: `mlartifacts/<experiment>` beside a SQLite store.
+
+    None leaves it to MLflow: a tracking server applies its own artifact root, and a file store
+    keeps artifacts in its own folder. MLflow's default for any other database is `./mlruns`
+    in whatever folder the first run happens to start in.
+    """
+    database = sqlite_file(tracking_uri)
+    if database is None:
+        return None
+    # One folder per experiment, named after it; its runs are folders named by their ids, so
+    # two experiments whose names map to the same folder still never share a file.
+    folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip(".") or "experiment"
+    return str(database.resolve().parent / ARTIFACTS_FOLDER / folder)
+
+
 def ensure_experiment(client: Any, name: str) -> str:
-    """The id of experiment `name`, created if needed; safe when several processes race."""
+    """The id of experiment `name`, created if needed (its artifacts where `artifact_location`
+    says); safe when several processes race."""
     from mlflow.exceptions import MlflowException
 
+    location = artifact_location(client.tracking_uri, name)
     for _ in range(5):
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             return str(experiment.experiment_id)
         try:
-            return str(client.create_experiment(name))
+            return str(client.create_experiment(name, artifact_location=location))
         except MlflowException:
             # Another coordinator created it between our lookup and create: look again.
             time.sleep(0.2)

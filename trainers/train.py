@@ -21,6 +21,7 @@ from pathlib import Path
 from trainers.caching.store import GIGABYTE
 from trainers.config.schema import TrainConfig, load_config, save_config
 from trainers.errors import TrainerInputError
+from trainers.installation import add_version_option, require_tensorflow
 from trainers.outputs import ensure_writable_folder
 from trainers.tracking import (
     check_tracking_uri,
@@ -41,6 +42,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m trainers.train",
         description="Train a model from a config file (e.g. one written by search.export).",
     )
+    add_version_option(parser)
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--output", help="output folder (default: runs/<config name>-<UTC time>)")
     parser.add_argument(
@@ -89,6 +91,7 @@ def train(
     cache_dir: Path | None = None,
     cache_budget_bytes: int | None = None,
 ) -> int:
+    require_tensorflow()
     config = load_config(config_path)
 
     # Importing the Keras side only now keeps `--help` and config errors instant.

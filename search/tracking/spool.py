@@ -9,14 +9,16 @@ original steps and timestamps, to a spool file in the study's output folder
 stand-in id (`spooled:...`) that the replay maps to the id the server assigns.
 
 If the server is still gone when the study ends, the spool stays on disk and
-`python -m search.sync --output DIR` replays it later (`replay_spool`). A write the server
-answered and refused (a bad request, not an outage) is an error as before.
+`python -m search.sync --output DIR --tracking-uri URI` replays it later (`sync_command`,
+`replay_spool`), into the store that holds the runs it writes to (`missing_from_store`). A
+write the server answered and refused (a bad request, not an outage) is an error as before.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import time
 import uuid
@@ -50,6 +52,13 @@ def server_unreachable(error: BaseException) -> bool:
             "failed with exception" in message or "Max retries exceeded" in message
         )
     return isinstance(error, ConnectionError | TimeoutError)
+
+
+def sync_command(output_dir: Path, tracking_uri: str) -> str:
+    """The command that replays `output_dir`'s spools, quoted for the shell, its password
+    hidden."""
+    command = ["python", "-m", "search.sync", "--output", str(output_dir)]
+    return shlex.join([*command, "--tracking-uri", redact(tracking_uri)])
 
 
 def spool_path(output_dir: Path) -> Path:
@@ -173,7 +182,7 @@ class SpooledWriter:
         self.warn(
             f"warning: MLflow at {redact(self.tracking_uri)} did not come back; "
             f"{len(self.pending)} MLflow writes are kept in {self.path}. Nothing is lost: "
-            f"replay them with python -m search.sync --output {self.path.parent}"
+            f"replay them with {sync_command(self.path.parent, self.tracking_uri)}"
         )
 
 
@@ -259,6 +268,35 @@ def _rewrite(path: Path, pending: Sequence[Operation], run_ids: Mapping[str, str
 
 def read_spool(path: Path) -> list[Operation]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def missing_from_store(client: Any, operations: Sequence[Operation]) -> str | None:
+    """What the spool's writes refer to that the store lacks ("run ID", "experiment ID"), or
+    None: the study's experiment, and its runs created before the outage.
+
+    Replayed into another store (another --tracking-uri than the study's), the first write to
+    such a run would fail after the writes before it had gone in.
+    """
+    from mlflow.exceptions import MlflowException
+
+    aliases = {item["ref"]: item["run_id"] for item in operations if item["op"] == "alias"}
+    stand_ins = {item["ref"] for item in operations if item["op"] == "create_run"}
+    experiments = [item["experiment_id"] for item in operations if item["op"] == "create_run"]
+    runs = [
+        aliases.get(item["run_id"], item["run_id"])
+        for item in operations
+        if "run_id" in item and item["run_id"] not in stand_ins
+    ]
+    lookups = [("experiment", client.get_experiment, key) for key in dict.fromkeys(experiments)]
+    lookups += [("run", client.get_run, key) for key in dict.fromkeys(runs)]
+    for kind, lookup, key in lookups:
+        try:
+            lookup(key)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return f"{kind} {key}"
+    return None
 
 
 def replay_spool(client: Any, path: Path) -> tuple[int, int]:

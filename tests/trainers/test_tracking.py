@@ -1,11 +1,15 @@
-"""MLflow params of a config: flattened fields plus the units the job unfreezes."""
+"""MLflow params of a config (flattened fields plus the units the job unfreezes), and where a
+new experiment keeps its artifacts."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from trainers.tracking import config_params
+import pytest
+
+from trainers.tracking import artifact_location, config_params
 
 HEAD_PHASE = {"epochs": 2, "learning_rate": 3e-3}
 
@@ -32,3 +36,33 @@ def test_unfrozen_units_is_the_deepest_phase_not_the_last(
         {"epochs": 1, "learning_rate": 1e-5, "unfreeze_blocks": 1},
     ]
     assert config_params(make_config(phases=phases))["unfrozen_units"] == "6"
+
+
+def test_a_sqlite_store_keeps_artifacts_beside_it_one_folder_per_experiment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "stores" / "mlflow.db"
+    assert artifact_location(f"sqlite:///{store}", "effnet_b4") == str(
+        tmp_path / "stores" / "mlartifacts" / "effnet_b4"
+    )
+    # A relative store is relative to the working folder; a name is made a safe folder name.
+    monkeypatch.chdir(tmp_path)
+    assert artifact_location("sqlite:///mlflow.db?timeout=30", "my study/v2") == str(
+        tmp_path / "mlartifacts" / "my_study_v2"
+    )
+    assert artifact_location("sqlite:///mlflow.db", "..") == str(
+        tmp_path / "mlartifacts" / "experiment"
+    )
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://127.0.0.1:5000",  # the server applies its own artifact root
+        "https://user:secret@mlflow.example.com",
+        "file:///srv/mlruns",  # a file store keeps artifacts in its own folder
+        "postgresql://user@db/mlflow",
+    ],
+)
+def test_servers_and_other_stores_decide_for_themselves(uri: str) -> None:
+    assert artifact_location(uri, "effnet_b4") is None

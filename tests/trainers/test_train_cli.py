@@ -85,7 +85,53 @@ def test_small_example_trains_saves_and_logs_to_mlflow(workdir: Path) -> None:
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert artifacts == {"model.keras", "config.yaml", "history.csv", "learning_curves.png"}
+    # Beside the store (here the working directory's), not in MLflow's ./mlruns.
+    beside = workdir / "mlartifacts" / "production" / run.info.run_id / "artifacts"
+    assert {path.name for path in beside.iterdir()} == artifacts
+    assert not (workdir / "mlruns").exists()
     assert run.data.metrics["best_val_accuracy"] == pytest.approx(history.best_val_accuracy)
+
+
+@pytest.mark.slow
+def test_an_image_folder_trains_without_warnings_and_keeps_artifacts_beside_the_store(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    # From one folder, with the store and the output in two others: nothing lands in the first.
+    work, store = tmp_path / "work", tmp_path / "store"
+    work.mkdir()
+    store.mkdir()
+    config = tmp_path / "folder.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"source": str(image_folder), "image_size": 32},
+                "model": {"backbone": "MobileNetV3Small", "weights": None},
+                "phases": [{"epochs": 1, "learning_rate": 1e-3}],
+                "batch_size": 8,
+            }
+        )
+    )
+    tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
+    output = tmp_path / "out"
+    done = _run(
+        ["--config", str(config), "--output", str(output), "--tracking-uri", tracking_uri], work
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # A folder's pipeline knows its length: Keras has no "ran out of data" to say (it did at
+    # the end of every fit's first epoch), nor any other warning.
+    assert "ran out of data" not in done.stderr
+    assert "Warning" not in done.stderr, done.stderr[-3000:]
+    assert list(work.iterdir()) == []
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("production")
+    (run,) = client.search_runs([experiment.experiment_id])
+    beside = store / "mlartifacts" / "production" / run.info.run_id / "artifacts"
+    listed = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert listed == {"model.keras", "config.yaml", "history.csv", "learning_curves.png"}
+    assert {path.name for path in beside.iterdir()} == listed
 
 
 def test_bad_config_is_one_error_line(tmp_path: Path) -> None:

@@ -51,7 +51,8 @@ def _write_split(
         raise ValueError(f"no {split} images could be decoded")
     images.flush()
     if written < len(images):
-        # Some files failed to decode (skipped with a warning): keep only the rows written.
+        # Fewer pairs than counted (the pipelines keep their count; this is a guard): keep
+        # only the rows written.
         kept = np.array(images[:written])
         del images
         np.save(images_path, kept)

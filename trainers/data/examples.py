@@ -66,4 +66,7 @@ def from_arrays(
         tf.TensorSpec((None, *values.shape[1:]), tf.as_dtype(values.dtype)),
         tf.TensorSpec((None,), tf.as_dtype(labels.dtype)),
     )
-    return tf.data.Dataset.from_generator(chunks, output_signature=signature).unbatch()
+    streamed = tf.data.Dataset.from_generator(chunks, output_signature=signature).unbatch()
+    # A generator's length is unknown to tf.data, and Keras then warns "Your input ran out of
+    # data" at the end of every fit's first epoch; the count is known, so say it.
+    return streamed.apply(tf.data.experimental.assert_cardinality(len(labels)))

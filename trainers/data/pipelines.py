@@ -208,14 +208,21 @@ def _decode_file(image_size: int):  # type: ignore[no-untyped-def]
 
 
 def _files(paths: np.ndarray, labels: np.ndarray, image_size: int) -> tf.data.Dataset:
+    """Exactly `len(paths)` decoded (image, label) pairs, in order."""
     files = tf.data.Dataset.from_tensor_slices(
         (tf.constant(paths.tolist(), tf.string), tf.constant(labels, tf.int64))
     )
     # ignore_errors is the last line of defence: Pillow has already rejected unreadable files,
-    # but a truncated JPEG can still pass its header check.
-    return files.map(_decode_file(image_size), num_parallel_calls=AUTOTUNE).ignore_errors(
+    # but a truncated JPEG (or a TIFF, which TensorFlow does not decode) passes its check.
+    decoded = files.map(_decode_file(image_size), num_parallel_calls=AUTOTUNE).ignore_errors(
         log_warning=True
     )
+    # Dropping elements makes the length unknown, and Keras then warns "Your input ran out of
+    # data" at the end of every fit's first epoch, clean runs included. So the count stays the
+    # scanned one: a file dropped here (logged above) has its place taken by the split's first
+    # image, and epochs and the learning-rate schedule keep the length they were planned with.
+    count = len(paths)
+    return decoded.repeat().take(count).apply(tf.data.experimental.assert_cardinality(count))
 
 
 def _files_fingerprint(paths: np.ndarray, labels: np.ndarray) -> str:

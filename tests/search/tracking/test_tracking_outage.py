@@ -185,9 +185,11 @@ def test_a_server_that_never_comes_back_is_synced_later(tmp_path: Path, server: 
     spools = list(output.glob(f"{SPOOL_PREFIX}*.jsonl"))
     assert len(spools) == 1
     kept = [line for line in lines if "did not come back" in line]
-    assert len(kept) == 1 and f"python -m search.sync --output {output}" in kept[0]
+    # The whole command, the study's tracking URI with it, run as printed.
+    command = f"python -m search.sync --output {output} --tracking-uri {server.url}"
+    assert len(kept) == 1 and kept[0].endswith(f"replay them with {command}")
     server.start()
-    assert sync_main(["--output", str(output), "--tracking-uri", server.url]) == 0
+    assert sync_main(command.split()[3:]) == 0
     assert not spools[0].exists()
     client = MlflowClient(server.url)
     _check_runs(client, study)

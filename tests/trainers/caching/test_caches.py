@@ -252,7 +252,9 @@ def test_arrays_too_large_for_memory_are_streamed_in_order(tmp_path: Path) -> No
     values.flush()
     labels = np.arange(150, dtype=np.int64) % 7
     mapped = np.load(path, mmap_mode="r")
-    streamed = list(from_arrays(mapped, labels, in_memory_bytes=100).as_numpy_iterator())
+    pipeline = from_arrays(mapped, labels, in_memory_bytes=100)
+    assert int(pipeline.cardinality()) == 150  # known, though streamed from a generator
+    streamed = list(pipeline.as_numpy_iterator())
     assert len(streamed) == 150
     assert [int(value[0, 0, 0]) for value, _ in streamed] == list(range(150))
     assert [int(label) for _, label in streamed] == labels.tolist()

@@ -48,6 +48,27 @@ def test_directory_pipeline_yields_raw_pixels_and_one_hot_labels(image_folder: P
     assert float(images.numpy().max()) > 1.5  # 0-255, never pre-normalised
     assert np.allclose(labels.numpy().sum(axis=1), 1.0)
     assert _count(datasets.train) == 18 and _count(datasets.validation) == 6
+    # Known lengths, in batches of 4: Keras never has to find an epoch's end by running out.
+    assert int(datasets.train.cardinality()) == 5 and int(datasets.validation.cardinality()) == 2
+
+
+def test_a_file_pillow_accepts_but_tensorflow_cannot_decode_keeps_the_count(
+    image_folder: Path,
+) -> None:
+    from PIL import Image
+
+    first_class = sorted(p for p in image_folder.iterdir())[0]
+    # TensorFlow decodes no TIFF; Pillow reads it, so the scan keeps it.
+    with Image.open(next(first_class.glob("*.png"))) as image:
+        image.save(first_class / "scan.tif")
+    datasets = load_datasets(_folder_config(image_folder, validation=0.25))
+    assert datasets.skipped_files == ()
+    assert datasets.train_count + datasets.validation_count == 25
+    # Its place is taken by another of the split's images: the length stays the one counted.
+    assert _count(datasets.train) == datasets.train_count
+    assert _count(datasets.validation) == datasets.validation_count
+    expected = -(-datasets.train_count // 4)
+    assert int(datasets.train.cardinality()) == expected
 
 
 def test_separate_validation_folder_is_used(image_folder: Path, tmp_path: Path) -> None:
