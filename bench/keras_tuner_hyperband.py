@@ -126,4 +126,3 @@ def run_keras_tuner_hyperband(
             trials.append(counted)
             on_trial(counted)
     return trials
-

@@ -92,6 +92,7 @@ from bench.study_cost_sides import (
     script_spec,
     unit_layers,
 )
+from search.trial.files import trial_folder
 from spaces import demo
 from spaces.finetune import FineTuneSpace
 from trainers.config.schema import TrainConfig
@@ -256,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     study = timeline.trials()
     for index, config in enumerate(configs):
         trained = TrainConfig.from_yaml(
-            (output / "study" / f"trial-{index:04d}" / "config.yaml").read_text()
+            (trial_folder(output / "study", index) / "config.yaml").read_text()
         )
         if trained != config:
             print(f"error: study trial {index} trained another config than drawn", file=sys.stderr)

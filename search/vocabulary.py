@@ -1,12 +1,11 @@
 """The words a study stores: why trials end, and the keys of trial and study attributes.
 
-Every reason and attribute key the search writes to Optuna or MLflow is defined here and only
-here, so that the runner, the pruner, the retry policy, the analysis and the tests agree on
-them. The one reason not listed is an Optuna pruner's, which is its name (`median`, `asha`,
-`hyperband`: `search.pruning.collapse.PRUNERS`). Both enums are `StrEnum`s: a member *is* its
-string,
-so it can be stored, compared with what the storage returns, and used as a dictionary key or an
-MLflow tag as it is.
+Every reason and attribute key the search writes to Optuna or MLflow is defined here and only here,
+so that the runner, the pruner, the retry policy, the analysis and the tests agree on them. The one
+reason not listed is an Optuna pruner's, which is its name (`median`, `asha`, `hyperband`:
+`search.pruning.decision.PRUNERS`). Both enums are `StrEnum`s: a member *is* its string, so it can
+be stored, compared with what the storage returns, and used as a dictionary key or an MLflow tag as
+it is.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ from search.vocabulary import Reason, TrialAttr
 NOT_TOLD = frozenset({*USER_STOPS, Reason.STALE_HEARTBEAT, Reason.TAKEN_OVER})
 
 
-
 @dataclass(frozen=True)
 class OracleResult:
     """What the oracle is told of a finished trial."""
@@ -48,7 +47,6 @@ def best_reported(trial: FrozenTrial) -> float | None:
     """The best finite value a trial reported; None if it reported none."""
     finite = [value for value in trial.intermediate_values.values() if math.isfinite(value)]
     return max(finite) if finite else None
-
 
 
 def recorded_result(trial: FrozenTrial) -> OracleResult | None:

@@ -1,10 +1,9 @@
 """The measurement noise of a validation accuracy, which the collapse rules must exceed.
 
 An accuracy p measured on n validation images is a binomial proportion: its standard error is
-sqrt(p(1-p)/n), and the difference of two such accuracies has sqrt(p1(1-p1)/n + p2(1-p2)/n).
-`Noise` gives z of those standard errors as a half-width in accuracy units;
-`search.pruning.collapse`
-says which comparisons use it, and why the two epochs are treated as independent.
+sqrt(p(1-p)/n), and the difference of two such accuracies has sqrt(p1(1-p1)/n + p2(1-p2)/n). `Noise`
+gives z of those standard errors as a half-width in accuracy units; `search.pruning.collapse` says
+which comparisons use it, and why the two epochs are treated as independent.
 """
 
 from __future__ import annotations

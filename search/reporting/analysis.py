@@ -1,8 +1,7 @@
 """Tables of a finished study for notebooks: trials, outcomes, strategies, curves, parameters.
 
 The notebooks in `notebooks/` call these (and draw with `search.reporting.analysis_plots`) and hold
-no
-logic of their own.
+no logic of their own.
 
 `unfreeze_level` is the sampled step on a space's unfreeze ladder; `unfrozen_units` is what that
 step meant, the whole backbone units the trial's recorded config unfroze (on effnet_b4 level 8

@@ -117,13 +117,12 @@ class TrialMessages:
             return
         unreported, active.unreported = active.unreported, []
         reported: EpochView | None = None
-        for message in unreported:
-            view = EpochView.from_metrics(message.epoch, message.metrics)
-            try:
+        try:
+            for message in unreported:
+                view = EpochView.from_metrics(message.epoch, message.metrics)
                 if report_epoch(active.trial, view):
                     reported = view
-            except optuna.exceptions.UpdateFinishedTrialError:
-                active.prune = self._taken_over(active)
-                return
-        if active.prune is None and reported is not None:
-            active.prune = pruner_decision(active.trial, reported)
+            if active.prune is None and reported is not None:
+                active.prune = pruner_decision(active.trial, reported)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            active.prune = self._taken_over(active)

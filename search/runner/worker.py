@@ -2,13 +2,12 @@
 
 Started with the multiprocessing *spawn* method, so it begins with a fresh interpreter: no
 TensorFlow state, host memory or GPU memory is inherited from the coordinator or from earlier
-trials, and whatever this trial leaks dies with the process. It is usually started before its
-trial and waits with TensorFlow imported (`search.runner.prewarm`), but it still serves one trial
-only.
+trials, and whatever this trial leaks dies with the process. It is usually started before its trial
+and waits with TensorFlow imported (`search.runner.prewarm`), but it still serves one trial only.
 Everything it prints (including TensorFlow's C++ logs) goes to the trial's log file; with the
-study's cache folder, it decodes images and computes frozen features only where no earlier
-trial did (`trainers.fit.loop`). It may train only a window of the config's epochs from another
-run's saved weights, and save its own best epoch's weights for a later continuation.
+study's cache folder, it decodes images and computes frozen features only where no earlier trial did
+(`trainers.fit.loop`). It may train only a window of the config's epochs from another run's saved
+weights, and save its own best epoch's weights for a later continuation.
 """
 
 from __future__ import annotations

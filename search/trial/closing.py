@@ -1,9 +1,11 @@
 """Closing a trial: the one path every end of a trial takes, whatever ended it.
 
-A trial ends in one of four ways: its worker finished, failed, died or was stopped (the usual
-way); its config could not be built (it never reached a worker); a peer coordinator found its
-coordinator dead and failed it as stale; or a peer did so while it still ran here, and this copy
-is dropped. Each becomes an `Ending`, and `TrialCloser` does the rest in two steps:
+A trial ends in one of five ways: its worker finished, failed, died or was stopped (the usual way);
+its config could not be built (it never reached a worker); it had nothing to train (a Hyperband
+continuation of a trial that trained its whole config, closed with that trial's verdict); a peer
+coordinator found its coordinator dead and failed it as stale; or a peer did so while it still ran
+here, and this copy is dropped. Each becomes an `Ending`, and `TrialCloser` does the rest in two
+steps:
 
 - `record`: the storage side. Reason attributes, the re-run of a retryable failure (queued
   *before* the trial is told FAIL, so no coordinator sees a gap in the budget), and the tell.

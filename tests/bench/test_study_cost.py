@@ -69,7 +69,7 @@ def test_the_study_enqueues_the_drawn_configs_in_order_and_never_prunes() -> Non
         EpochView(5, 2, 5.0, 0.10),
     ]
 
-    def judge(epochs: list[EpochView], rules: CollapseRules | None = None) -> str | None:
+    def decide(epochs: list[EpochView], rules: CollapseRules | None = None) -> str | None:
         decision = find_collapse(
             epochs,
             num_classes=10,
@@ -79,9 +79,9 @@ def test_the_study_enqueues_the_drawn_configs_in_order_and_never_prunes() -> Non
         )
         return None if decision is None else decision.reason
 
-    assert judge(wrecked[:3]) == "unfreeze_shock"
-    assert all(judge(wrecked[:end], spec.rules) is None for end in range(1, 6))
-    assert judge([*wrecked[:2], EpochView(3, 2, math.nan, 0.1)], spec.rules) == "nan"
+    assert decide(wrecked[:3]) == "unfreeze_shock"
+    assert all(decide(wrecked[:end], spec.rules) is None for end in range(1, 6))
+    assert decide([*wrecked[:2], EpochView(3, 2, math.nan, 0.1)], spec.rules) == "nan"
 
 
 def test_a_script_trains_the_projects_split_and_unfreezes_whole_units() -> None:

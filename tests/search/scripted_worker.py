@@ -1,12 +1,10 @@
 """A scripted stand-in for the trial worker: reports given epochs through the real protocol.
 
 The coordinator spawns it exactly as it spawns `search.runner.worker.run_worker` (a fresh process,
-the
-same pipe, the same messages), but instead of training a Keras model it plays a script: these
+the same pipe, the same messages), but instead of training a Keras model it plays a script: these
 validation accuracies, then finish; or NaN at epoch 2; or die at epoch 1; or fail with a given
-reason. It imports no TensorFlow, so a coordinator test runs in seconds, not minutes. A
-`gpu_oom` in FINETUNE_SEARCH_FAULTS (`search.runner.faults`) strikes it as it strikes the real
-worker.
+reason. It imports no TensorFlow, so a coordinator test runs in seconds, not minutes. A `gpu_oom` in
+FINETUNE_SEARCH_FAULTS (`search.runner.faults`) strikes it as it strikes the real worker.
 """
 
 from __future__ import annotations

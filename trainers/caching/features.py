@@ -2,11 +2,10 @@
 
 While the backbone is frozen, it runs in inference mode (BatchNorm on its moving statistics,
 stochastic depth off: `trainers.model.surgery.set_trainable_units`), so its pooled output for an
-image
-is a fixed function of (images, backbone, weights, image size). The leading head-only phases of
-a config then train `pooled features -> dropout -> dense` on those features, computed once per
-study and key; the head's layers are the full model's own, so when the head phase ends the
-full model carries the trained head and later phases continue on images.
+image is a fixed function of (images, backbone, weights, image size). The leading head-only phases
+of a config then train `pooled features -> dropout -> dense` on those features, computed once per
+study and key; the head's layers are the full model's own, so when the head phase ends the full
+model carries the trained head and later phases continue on images.
 
 Features are batched through the same shuffle as the images (same seed, same buffer size), so
 the head sees the same examples in the same order. Random augmentation makes every epoch's

@@ -1,12 +1,11 @@
 """What each phase trains on: images, cached frozen features, or cached activations at a cut.
 
 `trainers.fit.loop` asks `PhaseInputs.for_phase` for the model to compile and the pipelines to fit
-in each phase. Without a cache folder that is always the full model on images. With one, the
-leading head-only phases train the head on frozen features (`trainers.caching.features`) and a
-later phase trains its unfrozen units on the activations below them
-(`trainers.caching.activations`),
-whenever that computes the same function; every choice, and every reason a cache is not used,
-is one log line.
+in each phase. Without a cache folder that is always the full model on images. With one, the leading
+head-only phases train the head on frozen features (`trainers.caching.features`) and a later phase
+trains its unfrozen units on the activations below them (`trainers.caching.activations`), whenever
+that computes the same function; every choice, and every reason a cache is not used, is one log
+line.
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ class Examples:
         return len(self.class_names)
 
 
-
 def in_order(images: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
     """(float32 image, label) pairs from uint8 images, in their order."""
     pairs = from_arrays(images, labels)

@@ -14,7 +14,6 @@ from search.engines.oracle_results import oracle_result, recorded_result
 from search.engines.rounds import HyperbandRound, hyperband_round, round_plan
 from search.trial.files import BEST_WEIGHTS
 from search.vocabulary import Reason, TrialAttr
-from trainers.config.schema import TrainConfig
 from trainers.errors import TrainerInputError
 from trainers.fit.window import EpochWindow
 
@@ -133,25 +132,6 @@ def test_a_recorded_result_is_told_once_and_a_crash_runs_again() -> None:
     for reason in (None, Reason.WORKER_DIED, Reason.INTERRUPTED):
         attrs = {} if reason is None else {"fail_reason": reason.value}
         assert recorded_result(_trial(3, TrialState.FAIL, **attrs)) is None
-
-
-def test_a_window_plans_only_the_epochs_it_may_train() -> None:
-    config = TrainConfig.from_dict(
-        {
-            "data": {"source": "synthetic:target", "image_size": 32},
-            "model": {"backbone": "MobileNetV3Small", "weights": None},
-            "phases": [
-                {"epochs": 2, "learning_rate": 1e-3},
-                {"epochs": 3, "learning_rate": 1e-5, "unfreeze_blocks": 1},
-            ],
-        }
-    )
-    # What an epoch budget keeps for a running trial: its window, within its config.
-    weights = Path("w.weights.h5")
-    assert EpochWindow().epochs_of(config) == 5
-    assert EpochWindow(until_epoch=2).epochs_of(config) == 2
-    assert EpochWindow(after_epoch=2, until_epoch=9, initial_weights=weights).epochs_of(config) == 3
-    assert EpochWindow(after_epoch=5, until_epoch=9, initial_weights=weights).epochs_of(config) == 0
 
 
 def test_the_fixed_values_sampler_answers_only_what_the_oracle_chose() -> None:

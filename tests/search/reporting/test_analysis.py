@@ -1,5 +1,5 @@
-"""search.reporting.analysis on an in-memory study: the sampled ladder step and the units it "
-"unfroze."""
+"""search.reporting.analysis on an in-memory study: the sampled ladder step and the units it
+unfroze."""
 
 from __future__ import annotations
 
