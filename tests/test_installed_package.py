@@ -1,5 +1,5 @@
 """The installed package, not the checkout: after `pip install .`, `python -m search.run --study
-demo` works from any folder.
+demo` works from any folder, and its best trial exports and trains as in the README.
 
 A wheel is built from a copy of the source tree (so no build/ or egg-info lands in the
 checkout) and installed, without its dependencies, into a fresh virtual environment. The
@@ -30,11 +30,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from search.vocabulary import TrialAttr
 from tests.conftest import PRETRAINED_WEIGHTS, REPO
-from trainers.config.schema import TrainConfig
+from trainers.config.schema import TrainConfig, load_config
 
 pytestmark = pytest.mark.slow
 
@@ -244,18 +245,42 @@ def test_the_fresh_environment_imports_the_wheel_not_the_checkout(
     assert str(REPO) not in found["path"]
 
 
-def test_the_demo_study_runs_from_an_empty_folder(installation: Installation) -> None:
+def test_the_demo_runs_from_an_empty_folder_exports_and_the_export_trains(
+    installation: Installation,
+) -> None:
+    """The user's path through the demo, with the installed commands: the demo's two enqueued
+    trials (the full demo runs 8) side by side, its best exported, the export trained."""
     folder = _empty_folder(installation, "demo")
-    command: list[str | Path] = [installation.python, "-m", "search.run", "--study", "demo"]
-    command += ["--n-trials", "1"]
+    python = installation.python
+    command: list[str | Path] = [python, "-m", "search.run", "--study", "demo"]
+    command += ["--n-trials", "2", "--workers", "2"]
     done = _run(command, cwd=folder)
     assert done.returncode == 0, done.stdout
+    lines = done.stdout.splitlines()
+    # The two trials may end in either order; trial numbers are right-aligned in the line.
+    ended = sorted(line for line in lines if line.startswith("trial ") and "best" in line)
+    assert len(ended) == 2, done.stdout
+    assert ended[0].startswith("trial   0 COMPLETE")
+    assert ended[1].startswith("trial   1 PRUNED   unfreeze_shock at epoch 3")
+    assert "python -m search.export --study demo -o best.yaml" in done.stdout
 
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{folder / 'optuna.db'}")
-    # The study enqueues two recipes; the second stays WAITING once one trial is asked for.
     finished = [trial for trial in study.get_trials() if trial.state.is_finished()]
-    assert [trial.state for trial in finished] == [TrialState.COMPLETE], done.stdout
+    assert [trial.state for trial in finished] == [TrialState.COMPLETE, TrialState.PRUNED]
     config = TrainConfig.from_yaml(finished[0].user_attrs[TrialAttr.CONFIG_YAML])
     assert config.model.weights == str(installation.site_packages / WEIGHTS_IN_WHEEL)
     # Everything the study writes lands in the folder it was run from.
     assert {"optuna.db", "mlflow.db", "runs"} <= {path.name for path in folder.iterdir()}
+
+    _checked([python, "-m", "search.export", "--study", "demo", "-o", "best.yaml"], folder)
+    exported = load_config(folder / "best.yaml")
+    assert exported.provenance is not None and exported.provenance.study == "demo"
+
+    train = [python, "-m", "trainers.train", "--config", "best.yaml", "--output", "prod"]
+    _checked(train, folder)
+    assert load_config(folder / "prod" / "config.yaml") == exported
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    (production,) = client.search_runs([client.get_experiment_by_name("production").experiment_id])
+    # The production run links back to the trial it came from.
+    assert production.data.tags["provenance.study"] == "demo"
+    assert production.data.tags["provenance.trial_number"] == str(exported.provenance.trial_number)

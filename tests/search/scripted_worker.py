@@ -44,8 +44,9 @@ class Script:
     fail_after: int = 0
     #: Seconds each epoch "trains", so a test can act while the trial runs.
     seconds_per_epoch: float = 0.0
-    #: A file whose existence the first epoch waits for (up to 5 minutes): the test's signal
-    #: that whatever the trial must run after has happened.
+    #: A file whose existence the first epoch waits for (up to 5 minutes, or until the
+    #: coordinator is gone): the test's signal that whatever the trial must run after has
+    #: happened.
     wait_for_file: str | None = None
 
     def metrics(self, index: int) -> dict[str, float]:
@@ -84,6 +85,8 @@ class ScriptedWorker:
             if script.wait_for_file is not None:
                 deadline = time.monotonic() + 300
                 while not os.path.exists(script.wait_for_file) and time.monotonic() < deadline:
+                    if os.getppid() != parent_pid:
+                        return  # the coordinator was killed: no one to train for
                     time.sleep(0.1)
             for index in range(min(epochs, len(script.accuracies))):
                 if script.fail is not None and index == script.fail_after:

@@ -8,10 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
 from tests.conftest import REPO
-from trainers.config.schema import load_config
 
 
 def _run(
@@ -185,31 +183,3 @@ def test_export_of_an_unknown_or_unfinished_study_is_one_error_line(tmp_path: Pa
     assert "no study storage at sqlite:///optuna.db" in line
     # Asking did not create an empty database.
     assert not (tmp_path / "optuna.db").exists()
-
-
-@pytest.mark.slow
-def test_demo_runs_exports_and_the_export_trains(tmp_path: Path) -> None:
-    # The demo's two enqueued trials (the full demo runs 8), side by side.
-    done = _run("search.run", ["--study", "demo", "--n-trials", "2", "--workers", "2"], tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.splitlines()
-    # The two trials may end in either order; trial numbers are right-aligned in the line.
-    finished = sorted(line for line in lines if line.startswith("trial ") and "best" in line)
-    assert len(finished) == 2
-    assert finished[0].startswith("trial   0 COMPLETE")
-    assert finished[1].startswith("trial   1 PRUNED   unfreeze_shock at epoch 3")
-    assert "python -m search.export --study demo -o best.yaml" in done.stdout
-
-    exported = _run("search.export", ["--study", "demo", "-o", "best.yaml"], tmp_path)
-    assert exported.returncode == 0, exported.stderr
-    config = load_config(tmp_path / "best.yaml")
-    assert config.provenance is not None and config.provenance.study == "demo"
-
-    trained = _run("trainers.train", ["--config", "best.yaml", "--output", "prod"], tmp_path)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    assert load_config(tmp_path / "prod" / "config.yaml") == config
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (production,) = client.search_runs([client.get_experiment_by_name("production").experiment_id])
-    # The production run links back to the trial it came from.
-    assert production.data.tags["provenance.study"] == "demo"
-    assert production.data.tags["provenance.trial_number"] == str(config.provenance.trial_number)

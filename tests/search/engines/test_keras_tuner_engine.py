@@ -1,9 +1,10 @@
-"""End to end: `search.run --engine keras-tuner` with each oracle, real workers and MLflow.
+"""End to end: `search.run --engine keras-tuner` with each oracle and MLflow.
 
 The smoke study at 32 px: Hyperband over it (max_epochs 3, factor 3) runs two brackets, six
 trials, one of which continues an earlier round's trial from its saved weights. It runs on two
-workers, its coordinator is killed with SIGKILL part-way and the same command completes it, as
-a user would; every check below is of that resumed study.
+real workers, its coordinator is killed with SIGKILL part-way and the same command completes
+it, as a user would; every check but the last two is of that resumed study. The random and
+Bayesian oracles run a trial each with scripted workers (tests/search/scripted_run.py).
 """
 
 from __future__ import annotations
@@ -231,12 +232,16 @@ def test_export_round_trip(hyperband: dict[str, Any], tmp_path: Path) -> None:
 def test_random_and_bayesian_oracles(tmp_path: Path) -> None:
     folders = {oracle: tmp_path / oracle for oracle in ("random", "bayesian")}
     try:
-        # Side by side: most of a tiny study is starting processes, which overlaps.
+        # Side by side: most of a tiny study is starting processes, which overlaps. The
+        # workers play scripted epochs (tests/search/scripted_run.py): what is tested is how
+        # each oracle drives the study; real training with KerasTuner is the Hyperband study's.
         coordinators = {}
         for oracle, folder in folders.items():
             folder.mkdir()
             command = search_command(folder, oracle, "--n-trials", "1")
-            coordinators[oracle] = CoordinatorProcess(command, folder)
+            coordinators[oracle] = CoordinatorProcess(
+                command, folder, module="tests.search.scripted_run"
+            )
         for coordinator in coordinators.values():
             assert coordinator.finish() == 0, coordinator.output
     finally:

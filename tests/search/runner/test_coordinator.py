@@ -469,19 +469,19 @@ def test_an_epoch_budget_keeps_running_trials_epochs_and_gets_back_what_a_prune_
 
 
 def test_an_hour_budget_counts_the_time_of_running_trials(tiny: TinyStudy) -> None:
-    slow = Script(accuracies=(0.5, 0.6, 0.7), seconds_per_epoch=4.0)  # 8 s or more a trial
+    slow = Script(accuracies=(0.5, 0.6, 0.7), seconds_per_epoch=1.5)  # 3 s or more a trial
     outcome = tiny.run(
         dict.fromkeys(range(4), slow),
         n_trials=None,
-        budget_hours=0.002,  # 7.2 s of trial time
+        budget_hours=0.0005,  # 1.8 s of trial time
         workers=2,
         worker_environments=({}, {}),
     )
-    # Both slots start at once, with nearly nothing spent; after them, 16 s or more are.
+    # Both slots start at once, with nearly nothing spent; after them, 6 s or more are.
     assert len(outcome.study.trials) == 2
     seconds = [t.user_attrs[TrialAttr.SECONDS_SPENT] for t in outcome.study.trials]
-    assert all(second >= 8 for second in seconds), seconds
-    assert "/0.002h trial time" in _finished_line(outcome, 0)
+    assert all(second >= 3 for second in seconds), seconds
+    assert "/0.0005h trial time" in _finished_line(outcome, 0)
     summary = next(line for line in outcome.lines if line.startswith(f"study {tiny.name}: 2 "))
     assert summary.endswith("trial time; trial-hour budget reached")
 

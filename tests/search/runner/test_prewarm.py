@@ -13,6 +13,9 @@ import pytest
 from tests.conftest import wait_for
 from tests.search.harness import CoordinatorProcess
 
+# Whole `search.run` processes, a few seconds each: in the full suite, not the fast tier.
+pytestmark = pytest.mark.slow
+
 SCRIPTED = "tests.search.scripted_run"
 
 

@@ -89,6 +89,8 @@ def _check_exact(trials: list[optuna.trial.FrozenTrial], epochs: int) -> None:
     assert sum(planned[:-1]) < epochs <= sum(planned), planned
 
 
+# Three `search.run` processes, one after two others: a whole-command test, in the full suite.
+@pytest.mark.slow
 def test_two_coordinators_share_an_epoch_budget_exactly_and_a_resume_keeps_it(
     tmp_path: Path,
 ) -> None:

@@ -158,6 +158,7 @@ def test_head_phase_on_cached_features_matches_the_head_phase_on_images(tmp_path
     assert kinds == ["activations", "features", "images"]
 
 
+@pytest.mark.slow
 def test_random_augmentation_turns_the_feature_cache_off_and_says_why(tmp_path: Path) -> None:
     raw = small_config_dict()
     raw["data"]["augmentation"] = "basic"
