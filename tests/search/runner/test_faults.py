@@ -30,9 +30,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 #: after writing one chunk, the other then takes the lock, removes the partial entry, and dies
 #: the same way; their re-runs are trials 2 and 3 (a re-run is queued as its trial fails, and
 #: queued trials run first). Re-run 2 then gets a real NaN loss; trial 4 a GPU OOM at epoch 2;
-#: trial 5 a host OOM, re-run as trial 6.
-WORKER_FAULTS = "kill_caching@0:1,kill_caching@1:1,nan@2:1,gpu_oom@4:2,host_oom@5:1"
-#: Trials that count: 2 (pruned), 3, 4 (pruned) and 6.
+#: trial 5 a host OOM, re-run as trial 6, which is SIGKILLed after its first epoch, mid-training,
+#: and re-run as trial 7.
+WORKER_FAULTS = "kill_caching@0:1,kill_caching@1:1,nan@2:1,gpu_oom@4:2,host_oom@5:1,kill@6:1"
+#: Trials that count: 2 (pruned), 3, 4 (pruned) and 7.
 TARGET = 4
 
 
@@ -46,8 +47,8 @@ def test_injected_worker_faults_are_handled_as_the_policy_says(tmp_path: Path) -
     final = snapshot("smoke", storage, tracking, TARGET)
     # Killed workers (here while writing the cache) and a host OOM are re-run; a GPU OOM is
     # infeasible (pruned, no re-run); a real NaN loss is pruned.
-    assert final.with_reason("worker_died") == [0, 1]
-    assert {0, 1} <= final.retried()
+    assert final.with_reason("worker_died") == [0, 1, 6]
+    assert {0, 1, 6} <= final.retried()
     assert final.with_reason("host_oom") == [5] and 5 in final.retried()
     assert len(final.with_reason("gpu_oom")) == 1
     assert final.with_reason("gpu_oom")[0] not in final.retried()  # infeasible: no retry
@@ -65,4 +66,4 @@ def test_injected_worker_faults_are_handled_as_the_policy_says(tmp_path: Path) -
     for number in (0, 1):
         log = (cache.parent / f"trial-{number:04d}" / "worker.log").read_text()
         assert "injecting fault 'kill_caching' after chunk 1" in log
-    assert print_fault_figures("worker faults", 5, final, TARGET) == 0
+    assert print_fault_figures("worker faults", 6, final, TARGET) == 0
