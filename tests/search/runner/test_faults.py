@@ -29,7 +29,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 #: decoded images: whichever takes the cache's lock first is SIGKILLed (as by the OOM killer)
 #: after writing one chunk, the other then takes the lock, removes the partial entry, and dies
 #: the same way; their re-runs are trials 2 and 3 (a re-run is queued as its trial fails, and
-#: queued trials run first). Re-run 2 then gets a real NaN loss; trial 4 a GPU OOM at epoch 2;
+#: queued trials run first). Without prewarmed workers (`--no-prewarm`), a re-run's process
+#: starts only once its trial died, so trial 1 is waiting for the lock long before re-run 2
+#: could ask for it. Re-run 2 then gets a real NaN loss; trial 4 a GPU OOM at epoch 2;
 #: trial 5 a host OOM, re-run as trial 6, which is SIGKILLed after its first epoch, mid-training,
 #: and re-run as trial 7.
 WORKER_FAULTS = "kill_caching@0:1,kill_caching@1:1,nan@2:1,gpu_oom@4:2,host_oom@5:1,kill@6:1"
@@ -41,7 +43,9 @@ def test_injected_worker_faults_are_handled_as_the_policy_says(tmp_path: Path) -
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     coordinator = CoordinatorProcess(
-        smoke_command(TARGET), tmp_path, {"FINETUNE_SEARCH_FAULTS": WORKER_FAULTS}
+        [*smoke_command(TARGET), "--no-prewarm"],
+        tmp_path,
+        {"FINETUNE_SEARCH_FAULTS": WORKER_FAULTS},
     )
     assert coordinator.finish() == 0, coordinator.output[-3000:]
     final = snapshot("smoke", storage, tracking, TARGET)
