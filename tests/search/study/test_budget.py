@@ -1,7 +1,7 @@
 """The compute budget: what it counts, and two coordinators sharing it exactly across a resume.
 
 The in-process cases (a prune giving epochs back, an hour budget with running trials) are in
-test_coordinator; here are the counting rules on a hand-made study, and the real command run
+test_coordinator_study; here are the counting rules on a hand-made study, and the real command run
 twice at once on one SQLite study, then resumed.
 """
 
