@@ -14,7 +14,8 @@ instead of in worker processes, so that an epoch costs what it costs every other
 - the per-epoch decision judges every epoch, as in the engine (`bench.trials.deciding`: the
   collapse rules; a KerasTuner study has no Optuna pruner), and the oracle is told each result as
   the engine tells it (`oracle_result`): a pruned trial with its best epoch so far. A pruned
-  trial's value does not count for the benchmark, as `search.export` would not export it.
+  trial's value does not count for the benchmark, as `search.export` would not export it; a
+  trial stopped after a good epoch completes with its best, as in the engine.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class HyperbandTrial:
     seconds: float
     #: Its best validation accuracy (or, with nothing left to train, its earlier trial's).
     best: float
-    #: Why the collapse rules stopped it, if they did.
+    #: Why the collapse rules pruned it, if they did (a fall after a good epoch stops a trial
+    #: but keeps its best).
     pruned: str | None
     continues: bool
 
@@ -62,7 +64,7 @@ class HyperbandTrial:
             len(trained.epochs),
             trained.seconds,
             trained.best,
-            trained.stopped_by,
+            trained.pruned,
             continues,
         )
 

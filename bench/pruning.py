@@ -4,16 +4,18 @@ Trains `--configurations` configurations (30) of the bench space on each generat
 completion with pruning off and stores their curves (`bench/corpus/pruning_TASK.json`), then
 replays every pruner stack on them offline (`bench.replay`). `--quick` replays the stored
 corpus only, in seconds (CI). Per stack and task it prints epochs saved, trials pruned (by
-reason), false prunes of winners, and the best value the stack still reached; then each stack's
-figures over both tasks, the collapse rules' last.
+reason), false prunes of winners, trials stopped after a good epoch with their best kept,
+and the best value the stack still reached; then each stack's figures over both tasks, the
+collapse rules' last.
 
     python -m bench.pruning --quick
     python -m bench.pruning --quick --plots bench/corpus   # and where each stack prunes, as PNG
     python -m bench.pruning --tasks far --configurations 30     # about 20 minutes on 2 cores
 
-Stacks: the collapse rules as they were before the noise test (no validation count), the
-collapse rules, and the collapse rules followed by each Optuna pruner a study can ask (median,
-asha, hyperband), with the demo study's settings.
+Stacks: the collapse rules as they were before the noise test (no validation count), and
+before a fall after a good epoch kept its best (every stop a prune); the collapse rules; and
+the collapse rules followed by each Optuna pruner a study can ask (median, asha, hyperband),
+with the demo study's settings.
 """
 
 from __future__ import annotations
@@ -27,19 +29,25 @@ from pathlib import Path
 
 import optuna
 
-from bench.corpus import TASKS, Corpus, build_corpus, corpus_path
+from bench.corpus import (
+    CORPUS_DIR,
+    PRUNING_TASKS,
+    TASKS,
+    Corpus,
+    build_corpus,
+    corpus_path,
+)
 from bench.plots import plot_prunes
 from bench.replay import PrunerStack, ReplayResult, replay_corpus
 from search.pruning.decision import PRUNERS
 from search.study.registry import get_study_spec
 
-DEFAULT_CORPUS_DIR = Path(__file__).parent / "corpus"
-
 COLLAPSE_RULES = "collapse rules"
 #: The demo study's settings (warm-up, startup trials) for every Optuna pruner it can ask.
 _DEMO = get_study_spec("demo")
 STACKS = (
-    PrunerStack("collapse rules, no noise test", noise_aware=False),
+    PrunerStack("collapse rules, no noise test", noise_aware=False, keep_best=False),
+    PrunerStack("collapse rules, best not kept", keep_best=False),
     PrunerStack(COLLAPSE_RULES),
     *(
         PrunerStack(
@@ -53,7 +61,7 @@ STACKS = (
 def table(results: Sequence[ReplayResult]) -> list[str]:
     lines = [
         f"{'task':<5} {'pruner':<30} {'epochs saved':>12} {'pruned':>7} "
-        f"{'false prunes (after best)':>25} {'best reached':>12}  reasons"
+        f"{'false prunes (after best)':>25} {'kept best':>9} {'best reached':>12}  reasons"
     ]
     for result in results:
         reasons = ", ".join(f"{reason} {count}" for reason, count in result.reasons.most_common())
@@ -61,6 +69,7 @@ def table(results: Sequence[ReplayResult]) -> list[str]:
             f"{result.task:<5} {result.stack:<30} {result.epochs_saved:>11.0%} "
             f"{result.pruned:>3}/{result.trials:<3} "
             f"{f'{result.false_prunes} ({result.false_prunes_after_best})':>25} "
+            f"{result.stopped_kept:>9} "
             f"{result.best_reached:>6.3f}/{result.corpus_best:.3f}  {reasons or '-'}"
         )
     return lines
@@ -82,10 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Replay pruners on fully trained curves: epochs saved against winners lost.",
     )
     parser.add_argument("--quick", action="store_true", help="replay the stored corpus only")
-    parser.add_argument("--tasks", nargs="+", choices=tuple(TASKS), default=list(TASKS))
+    parser.add_argument("--tasks", nargs="+", choices=tuple(TASKS), default=list(PRUNING_TASKS))
     parser.add_argument("--configurations", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0, help="seeds the configurations drawn")
-    parser.add_argument("--corpus-dir", type=Path, default=DEFAULT_CORPUS_DIR)
+    parser.add_argument("--corpus-dir", type=Path, default=CORPUS_DIR)
     parser.add_argument(
         "--plots", type=Path, metavar="DIR", help="also draw where each stack prunes, per task"
     )

@@ -5,10 +5,11 @@ a time in the corpus's order, epoch by epoch, exactly as the coordinator feeds a
 collapse rules on the epochs so far, then `trial.report` and the Optuna pruner. No training.
 
 A **false prune** stops a trial whose whole curve would have ended in the top quarter of the
-corpus (by best validation accuracy), or within `NEAR_BEST` of the corpus's best: a winner the
-search loses. Most hide the winning epochs; one that comes after the configuration's best epoch
-(fine-tuning made a good head worse) hides no better epoch, but a pruned trial's value never
-counts as a result, so the study loses it all the same; those are counted apart too.
+corpus (by best validation accuracy), or within `NEAR_BEST` of the corpus's best, before its
+best epoch, or prunes it: a winner the search loses. A fall after a good epoch stops a trial but
+completes it with its best so far (`PruneDecision.keeps_best`), so a winner stopped after its
+best epoch (fine-tuning made a good head worse) keeps its value and is not a false prune; a
+winner pruned after its best epoch (a stack that does not keep bests) is counted apart too.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import optuna
 from optuna.trial import TrialState
 
 from bench.corpus import Corpus, CurveRecord
+from bench.trials import best_accuracy
 from search.pruning.collapse import CollapseRules, PruneDecision, find_collapse
 from search.pruning.decision import decide_epoch
 
@@ -38,6 +40,8 @@ class PrunerStack:
     #: False: judge as before the noise test (no validation count given to the rules).
     noise_aware: bool = True
     optuna_pruner: Callable[[], optuna.pruners.BasePruner] | None = None
+    #: False: every stop is a prune, as before a fall after a good epoch kept its best.
+    keep_best: bool = True
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,9 @@ class ReplayResult:
     #: False prunes that came after the configuration's best epoch: the study saw that value,
     #: but as a pruned trial's, which never counts as a result.
     false_prunes_after_best: int
-    #: Best value among the trials the stack let finish.
+    #: Trials stopped after a good epoch and completed with their best so far.
+    stopped_kept: int
+    #: Best value among the trials that counted (finished, or stopped with their best kept).
     best_reached: float
     corpus_best: float
     reasons: Counter[str] = field(default_factory=Counter)
@@ -97,9 +103,14 @@ def _first_prune(
         # As the coordinator decides: the collapse rules, then (with a study) the report and
         # the Optuna pruner.
         decision = decide_epoch(trial, epoch, collapse)
+        if decision is not None and not stack.keep_best:
+            decision = replace(decision, keeps_best=False)
         if decision is not None:
             if study is not None and trial is not None:
-                study.tell(trial, state=TrialState.PRUNED)
+                if decision.keeps_best:
+                    study.tell(trial, best_accuracy(record.epochs[: index + 1]))
+                else:
+                    study.tell(trial, state=TrialState.PRUNED)
             return index + 1, decision
     if trial is not None and study is not None:
         study.tell(trial, record.best)
@@ -114,13 +125,19 @@ def replay_corpus(corpus: Corpus, stack: PrunerStack) -> ReplayResult:
     must_keep = winners(corpus)
     reasons: Counter[str] = Counter()
     pruned_at: dict[int, int] = {}
-    epochs_run = false_prunes = false_prunes_after_best = 0
+    epochs_run = false_prunes = false_prunes_after_best = stopped_kept = 0
     best_reached = -math.inf
     for record in corpus.records:
         ran, decision = _first_prune(record, corpus, stack, study)
         epochs_run += ran
         if decision is None:
             best_reached = max(best_reached, record.best)
+            continue
+        if decision.keeps_best:
+            stopped_kept += 1
+            best_reached = max(best_reached, best_accuracy(record.epochs[:ran]))
+            # It lost its winning epochs only if it was stopped before them.
+            false_prunes += record.number in must_keep and ran < record.best_epoch
             continue
         reasons[decision.reason] += 1
         pruned_at[record.number] = ran
@@ -135,6 +152,7 @@ def replay_corpus(corpus: Corpus, stack: PrunerStack) -> ReplayResult:
         epochs_run=epochs_run,
         false_prunes=false_prunes,
         false_prunes_after_best=false_prunes_after_best,
+        stopped_kept=stopped_kept,
         best_reached=best_reached,
         corpus_best=max((record.best for record in corpus.records), default=math.nan),
         reasons=reasons,

@@ -134,12 +134,14 @@ def run_project_study(
         trial = study.ask()
         config = spec.space(trial, data_source)
         trained = train_trial(config, deciding(config, spec.rules, trial))
-        if trained.stopped_by is None:
+        if trained.pruned is None:
             study.tell(trial, trained.best)
-            searched = SearchTrial(len(trained.epochs), trained.seconds, trained.best, "complete")
+            stop = trained.stopped_by
+            outcome = "complete" if stop is None else f"complete, stopped: {stop.reason}"
+            searched = SearchTrial(len(trained.epochs), trained.seconds, trained.best, outcome)
         else:
             study.tell(trial, state=TrialState.PRUNED)
-            outcome = f"pruned: {trained.stopped_by}"
+            outcome = f"pruned: {trained.pruned}"
             searched = SearchTrial(len(trained.epochs), trained.seconds, None, outcome)
         trials.append(searched)
         report(_trial_line(searched, trials, budget, trained.best))
@@ -328,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for seed in mode.seeds:
         kept = [run for run in saved if run.seed == seed and run.system in mode.systems]
         runs.extend(kept)
-        run_seed(mode, seed, TASKS["far"], progress, done=kept, record=record)
+        run_seed(mode, seed, TASKS["far"].data_source, progress, done=kept, record=record)
     runs.sort(key=lambda run: (run.seed, SYSTEMS.index(run.system)))
     print(f"wrote {plot_anytime(runs, args.output / f'{name}.png')}")
     print("\n".join(table(runs)))

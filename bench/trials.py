@@ -3,7 +3,7 @@
 Every system of `bench.search_quality` (Optuna studies, KerasTuner's Hyperband, random search,
 the hand recipe) trains its configurations through `train_trial`, which calls the project's
 trainer (`trainers.fit.loop.fit`) with a per-epoch decision: it sees the epochs so far and
-answers None (go on) or why to stop; `deciding` makes the coordinator's
+answers None (go on) or why to stop (a `PruneDecision`); `deciding` makes the coordinator's
 (`search.pruning.decision`). So every system pays the same for an epoch, and a system's cost is the
 epochs it asked for. The benchmark runs in one process, without the coordinator's worker
 processes: what it compares is where each system spends its epochs, and a process per trial
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import optuna
 
-from search.pruning.collapse import CollapseRules, EpochView, find_collapse
+from search.pruning.collapse import CollapseRules, EpochView, PruneDecision, find_collapse
 from search.pruning.decision import decide_epoch
 from trainers.config.schema import TrainConfig
 from trainers.fit.window import EVERY_EPOCH, EpochWindow
@@ -35,7 +35,7 @@ class TrialData:
 
 
 #: Why to stop after the epochs so far (None: go on).
-Decide = Callable[[tuple[EpochView, ...], TrialData], str | None]
+Decide = Callable[[tuple[EpochView, ...], TrialData], PruneDecision | None]
 
 
 def deciding(
@@ -44,7 +44,7 @@ def deciding(
     """The coordinator's per-epoch decision for a trial of `config` (`decide_epoch`): the
     collapse rules on the epochs so far; with `trial`, its report and the study's pruner."""
 
-    def decide(epochs: tuple[EpochView, ...], data: TrialData) -> str | None:
+    def decide(epochs: tuple[EpochView, ...], data: TrialData) -> PruneDecision | None:
         collapse = find_collapse(
             epochs,
             num_classes=data.num_classes,
@@ -52,8 +52,7 @@ def deciding(
             unfreezing_phases=config.unfreezing_phases,
             rules=rules,
         )
-        decision = decide_epoch(trial, epochs[-1], collapse)
-        return None if decision is None else str(decision.reason)
+        return decide_epoch(trial, epochs[-1], collapse)
 
     return decide
 
@@ -74,15 +73,22 @@ class TrainedTrial:
     epochs: tuple[EpochView, ...]
     seconds: float
     #: What the per-epoch decision said when it stopped the trial, if it did.
-    stopped_by: str | None
+    stopped_by: PruneDecision | None
     data: TrialData
 
     @property
     def best(self) -> float:
         return best_accuracy(self.epochs)
 
+    @property
+    def pruned(self) -> str | None:
+        """Why it was pruned, if it was: stopped, and its best does not count. A fall after a
+        good epoch stops a trial but keeps its best (`PruneDecision.keeps_best`)."""
+        stop = self.stopped_by
+        return str(stop.reason) if stop is not None and not stop.keeps_best else None
 
-def _go_on(_epochs: tuple[EpochView, ...], _data: TrialData) -> None:
+
+def _go_on(_epochs: tuple[EpochView, ...], _data: TrialData) -> PruneDecision | None:
     return None
 
 
@@ -106,14 +112,15 @@ def train_trial(
     datasets = load_datasets(config)
     data = TrialData(datasets.num_classes, datasets.validation_count)
     epochs: list[EpochView] = []
-    stopped_by: list[str] = []
+    stopped_by: list[PruneDecision] = []
 
     def report(epoch: int, metrics: Mapping[str, float]) -> str | None:
         epochs.append(EpochView.from_metrics(epoch, metrics))
-        reason = decide(tuple(epochs), data)
-        if reason is not None:
-            stopped_by.append(reason)
-        return reason
+        decision = decide(tuple(epochs), data)
+        if decision is None:
+            return None
+        stopped_by.append(decision)
+        return str(decision.reason)
 
     result = fit(
         config,

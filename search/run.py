@@ -35,6 +35,7 @@ from search.storage.retry import StorageLostError
 from search.storage.urls import DEFAULT_STORAGE, StorageError, check_storage_url, redact
 from search.study.files import resolve_study
 from search.study.overrides import with_overrides
+from search.study.portfolio import portfolio_path, with_portfolio
 from search.study.registry import STUDIES, StudySpec, UnknownStudyError
 from search.study.setup import RunSettings, StudyMismatchError
 from search.trial.retry import RetryPolicy, StudyStoppedError
@@ -119,6 +120,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     model.add_argument("--image-size", type=int, help="square input size in pixels")
     model.add_argument(
         "--weights", help="imagenet, or a .weights.h5 file of the same headless backbone"
+    )
+    parser.add_argument(
+        "--portfolio",
+        metavar="shipped|none|FILE",
+        help="the recipes tried first, after the study's own (default: the study file's, else "
+        "shipped; docs/studies.md); the Optuna engine only",
     )
     parser.add_argument(
         "--tracking-uri",
@@ -221,6 +228,12 @@ def settings_from(args: argparse.Namespace) -> tuple[StudySpec, RunSettings]:
     engine = _engine_choice(args)
     if args.pruner is not None:
         spec = replace(spec, pruner=args.pruner)
+    if engine.name == "optuna":  # a KerasTuner oracle proposes its own first trials
+        chosen = loaded.portfolio if args.portfolio is None else portfolio_path(args.portfolio)
+        spec, placements = with_portfolio(spec, chosen)
+        for placement in placements:
+            if placement.params is None:
+                print(f"portfolio recipe {placement.describe()}")
     # The command line wins over a study file's budgets.
     budget_epochs = args.budget_epochs if args.budget_epochs is not None else loaded.budget_epochs
     budget_hours = args.budget_hours if args.budget_hours is not None else loaded.budget_hours

@@ -5,9 +5,9 @@
     python -m search.studies studies/stanford_dogs_b0.yaml --image-size 192
 
 For one study it prints what it runs (backbone, weights, image size, data, trials, pruner, the
-configs it tries first), then every parameter with its range or choices, scale, the condition
-under which it is sampled and its role, then the unfreeze ladder: what each `unfreeze_level`
-unfreezes on that backbone. Imports no TensorFlow.
+configs it tries first, the portfolio's recipes as they land in it), then every parameter with
+its range or choices, scale, the condition under which it is sampled and its role, then the
+unfreeze ladder: what each `unfreeze_level` unfreezes on that backbone. Imports no TensorFlow.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from search.study.files import STUDY_FILE_SUFFIXES, resolve_study
 from search.study.overrides import with_overrides
+from search.study.portfolio import LABEL_PREFIX, Placement, portfolio_path, with_portfolio
 from search.study.registry import STUDIES, StudySpec, UnknownStudyError
 from spaces.finetune import FineTuneSpace
 from spaces.generic import ladder_steps
@@ -48,28 +49,35 @@ def study_lines() -> list[str]:
 
 def _shape(spec: StudySpec) -> str:
     space = spec.space
-    model = (
-        f"{space.backbone} @{space.image_size}px, " if isinstance(space, FineTuneSpace) else ""
-    )
+    model = f"{space.backbone} @{space.image_size}px, " if isinstance(space, FineTuneSpace) else ""
     return f"{model}{spec.n_trials} trials, pruner {spec.pruner}, data {spec.default_data}"
 
 
-def space_lines(spec: StudySpec) -> list[str]:
-    """The study's setup, its parameters and its unfreeze ladder."""
+def space_lines(spec: StudySpec, placements: Sequence[Placement] = ()) -> list[str]:
+    """The study's setup, where the portfolio's recipes land in it (`placements`), its
+    parameters and its unfreeze ladder."""
     space = spec.space
     lines = [f"study {spec.name}: {spec.description}"]
     if not isinstance(space, FineTuneSpace):
         return [*lines, "  (a space written as a function; its parameters are in its code)"]
-    first = ", ".join(known.label for known in spec.enqueued) or "none"
+    own = [known.label for known in spec.enqueued if not known.label.startswith(LABEL_PREFIX)]
+    portfolio = len(spec.enqueued) - len(own)
+    first = ", ".join(own) or "none"
     lines += [
         f"  backbone     {space.backbone} @{space.image_size}px, weights {space.weights}",
         f"  data         {spec.default_data} (validation {space.validation})",
         f"  trials       {spec.n_trials}, pruner {spec.pruner} "
         f"(after {spec.pruner_warmup_epochs} epochs), TPE after "
-        f"{spec.sampler_startup_trials} random trials",
+        f"{spec.sampler_startup_trials} start-up trials (the trials tried first count)",
         f"  tried first  {first}",
-        "",
     ]
+    if placements:
+        lines.append(
+            f"  portfolio    {portfolio} recipes after them (docs/studies.md; --portfolio none "
+            "turns it off):"
+        )
+        lines += [f"    {placement.describe()}" for placement in placements]
+    lines.append("")
     parameters = space.parameters()
     rows = [("parameter", "range or choices", "sampled when", "role")] + [
         (p.name, p.describe(), p.condition, p.role.value) for p in parameters
@@ -104,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backbone", help="as search.run's --backbone")
     parser.add_argument("--image-size", type=int, help="as search.run's --image-size")
     parser.add_argument("--weights", help="as search.run's --weights")
+    parser.add_argument("--portfolio", help="as search.run's --portfolio (shipped, none, FILE)")
     args = parser.parse_args(argv)
     if args.study is None:
         print("\n".join(study_lines()))
@@ -113,10 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = with_overrides(
             loaded.spec, backbone=args.backbone, image_size=args.image_size, weights=args.weights
         )
+        chosen = loaded.portfolio if args.portfolio is None else portfolio_path(args.portfolio)
+        spec, placements = with_portfolio(spec, chosen)
     except (UnknownStudyError, TrainerInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print("\n".join(space_lines(spec)))
+    print("\n".join(space_lines(spec, placements)))
     return 0
 
 

@@ -17,7 +17,8 @@ class Reason(StrEnum):
     """Why a trial stopped early or failed (user attribute `prune_reason` or `fail_reason`,
     and the MLflow tag of the same name)."""
 
-    # Pruned by the collapse rules (search/pruning/collapse.py).
+    # The collapse rules (search/pruning/collapse.py): pruned, or, for `collapse` and
+    # `unfreeze_shock` after an epoch clearly above chance, completed with that best value.
     NAN = "nan"
     CHANCE = "chance"
     UNFREEZE_SHOCK = "unfreeze_shock"
@@ -47,6 +48,10 @@ class TrialAttr(StrEnum):
     #: The numbers behind a prune, e.g.
     #: `best 0.850 → 0.550, 0.560 at epochs 3–4 (−29.0 pts; noise ±6.5 pts)`.
     PRUNE_EVIDENCE = "prune_evidence"
+    #: A trial the collapse rules stopped after a good epoch, completed with that epoch's value:
+    #: the rule (`collapse`, `unfreeze_shock`) and its numbers (also MLflow tags).
+    STOP_REASON = "stop_reason"
+    STOP_EVIDENCE = "stop_evidence"
     FAIL_REASON = "fail_reason"
     FAIL_DETAIL = "fail_detail"
     BEST_EPOCH = "best_epoch"

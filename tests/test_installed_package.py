@@ -261,12 +261,18 @@ def test_the_demo_runs_from_an_empty_folder_exports_and_the_export_trains(
     ended = sorted(line for line in lines if line.startswith("trial ") and "best" in line)
     assert len(ended) == 2, done.stdout
     assert ended[0].startswith("trial   0 COMPLETE")
-    assert ended[1].startswith("trial   1 PRUNED   unfreeze_shock at epoch 3")
+    # The guide's BatchNorm failure is stopped at its first fine-tune epoch, and keeps the
+    # value of the good head it had before.
+    assert ended[1].startswith("trial   1 COMPLETE"), ended[1]
+    assert "stopped: unfreeze_shock at epoch 3" in ended[1]
     assert "python -m search.export --study demo -o best.yaml" in done.stdout
 
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{folder / 'optuna.db'}")
     finished = [trial for trial in study.get_trials() if trial.state.is_finished()]
-    assert [trial.state for trial in finished] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert [trial.state for trial in finished] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert finished[1].user_attrs[TrialAttr.STOP_REASON] == "unfreeze_shock"
+    assert finished[0].value is not None and finished[1].value is not None
+    assert finished[0].value > finished[1].value
     config = TrainConfig.from_yaml(finished[0].user_attrs[TrialAttr.CONFIG_YAML])
     assert config.model.weights == str(installation.site_packages / WEIGHTS_IN_WHEEL)
     # Everything the study writes lands in the folder it was run from.

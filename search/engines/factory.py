@@ -23,4 +23,5 @@ def make_engine(spec: StudySpec, settings: RunSettings, *, identity: str, log: L
         retry=settings.retry,
         identity=identity,
         log=log,
+        study_bounded=settings.limits.bounded or settings.timeout is not None,
     )

@@ -116,6 +116,7 @@ class KerasTunerEngine:
         retry: RetryPolicy,
         identity: str,
         log: Log,
+        study_bounded: bool = False,
     ) -> None:
         if not isinstance(spec.space, FineTuneSpace):
             raise StudyMismatchError(
@@ -145,6 +146,9 @@ class KerasTunerEngine:
             seed=spec.seed,
             max_trials=n_trials,
             retries=retry.retries,
+            # With a trial target or a budget, Hyperband runs its brackets again while it
+            # lasts; without one, its single iteration is what ends the study.
+            hyperband_iterations=None if study_bounded else 1,
             log_path=str(self.folder / "oracle.log"),
             # It holds no model: keep it off the GPUs the workers use.
             environment={"CUDA_VISIBLE_DEVICES": ""},
@@ -215,9 +219,7 @@ class KerasTunerEngine:
             assert isinstance(ready, OracleReady)
             self.ready = ready
             again = (
-                f", {len(ready.requeued)} that were running queued again"
-                if ready.requeued
-                else ""
+                f", {len(ready.requeued)} that were running queued again" if ready.requeued else ""
             )
             state = f"{ready.trials} trials reloaded{again}" if ready.trials else "new search"
             epochs = f", max_epochs {ready.max_epochs}" if self.choice.oracle == "hyperband" else ""

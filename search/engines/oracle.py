@@ -59,6 +59,9 @@ class OracleSettings:
     #: Hyperband's `factor`, and its `max_epochs` (None: the space's longest config).
     factor: int = 3
     max_epochs: int | None = None
+    #: How often Hyperband runs all its brackets; None: again and again, until the study's
+    #: trial target or budget ends it.
+    hyperband_iterations: int | None = 1
     log_path: str | None = None
     environment: Mapping[str, str] = field(default_factory=dict)
 
@@ -190,7 +193,13 @@ def make_oracle(settings: OracleSettings) -> Any:
     }
     if settings.oracle == "hyperband":
         max_epochs = settings.max_epochs or most_epochs(settings.space)
-        oracle = AtomicallySaved(max_epochs=max_epochs, factor=settings.factor, **common)
+        oracle = AtomicallySaved(
+            max_epochs=max_epochs,
+            factor=settings.factor,
+            # KerasTuner reads None as no end.
+            hyperband_iterations=settings.hyperband_iterations,
+            **common,
+        )
     else:
         oracle = AtomicallySaved(max_trials=settings.max_trials, **common)
     oracle.verbose = 0  # the coordinator prints one line per trial itself
@@ -231,9 +240,7 @@ class OracleServer:
             return ProposedTrial(
                 trial.trial_id, trial.status, values, suggester.used, error=str(error)
             )
-        return ProposedTrial(
-            trial.trial_id, trial.status, values, suggester.used, config.to_yaml()
-        )
+        return ProposedTrial(trial.trial_id, trial.status, values, suggester.used, config.to_yaml())
 
     def end_trial(self, request: EndTrial) -> TrialEnded:
         trial = self.oracle.get_trial(request.trial_id)

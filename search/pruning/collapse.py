@@ -19,6 +19,12 @@ The rules encode the seed guide's failures (docs/seed-guide.md, docs/pruning.md)
    overfitting, which best-epoch selection already handles.
 5. Otherwise the study's Optuna pruner (median by default) decides; its reason is its name.
 
+A fall after a good epoch keeps the best: the objective is the best epoch, so a trial that
+`collapse`s or suffers an `unfreeze_shock` after an epoch clearly above the chance band (less
+its noise) has already shown its value. It is stopped all the same, but completes with that best
+value, its reason and evidence kept as `stop_reason` and `stop_evidence`
+(`PruneDecision.keeps_best`); a fall from near chance, `chance` and `nan` are pruned.
+
 "Clearly below" is measured twice, and a rule fires only when both hold:
 
 - **Against what the trial learned**: a share of the accuracy gained above chance (so the same
@@ -135,6 +141,10 @@ class PruneDecision:
 
     reason: str
     evidence: str = ""
+    #: The curve fell after an epoch clearly above chance (`collapse`, `unfreeze_shock`): the
+    #: trial stops, but its best epoch has shown its value, so it completes with that value
+    #: instead of being pruned (the objective is the best epoch, not the last).
+    keeps_best: bool = False
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.evidence}" if self.evidence else self.reason
@@ -207,13 +217,23 @@ class _Curve:
             and drop > self.noise.of_difference(reference, accuracy)
         )
 
+    @property
+    def chance_band_top(self) -> float:
+        """Accuracies below this are "near chance"."""
+        return self.chance + self.rules.chance_margin * (1.0 - self.chance)
+
+    def shown_value(self, best: float) -> bool:
+        """Whether `best` is clearly above the chance band, less its noise: an epoch worth
+        keeping, whatever came after it."""
+        return best - self.noise.of_accuracy(best) >= self.chance_band_top
+
     def stuck_near_chance(self) -> PruneDecision | None:
         rules, epochs = self.rules, self.epochs
         if len(epochs) < rules.chance_grace_epochs:
             return None
         best = max(epochs, key=lambda epoch: epoch.val_accuracy)
         # Near chance only if even the best accuracy's upper bound stays inside the band.
-        top = self.chance + rules.chance_margin * (1.0 - self.chance)
+        top = self.chance_band_top
         band = self.noise.of_accuracy(best.val_accuracy)
         if best.val_accuracy + band >= top:
             return None
@@ -243,20 +263,24 @@ class _Curve:
         if not self.noise.known:
             # Without a validation count, the rule as it was: the first unfrozen epoch alone.
             if len(since) == 1 and self.clearly_below(best, latest, rules.shock_drop):
-                return PruneDecision(Reason.UNFREEZE_SHOCK, evidence + "noise unknown)")
+                return self._stop(Reason.UNFREEZE_SHOCK, evidence + "noise unknown)", best)
             return None
         if len(since) == 1:
             # Wrecked: back near chance at once; even less its noise, the drop is most of the gain.
             lost = (best - latest - band) / (best - self.chance) if best > self.chance else 0.0
             if lost >= rules.shock_wreck_drop:
                 noise = self.noise.describe(band)
-                return PruneDecision(
-                    Reason.UNFREEZE_SHOCK, evidence + f"{noise}; lost ≥{lost:.0%} of the gain)"
+                return self._stop(
+                    Reason.UNFREEZE_SHOCK,
+                    evidence + f"{noise}; lost ≥{lost:.0%} of the gain)",
+                    best,
                 )
         if len(since) == rules.shock_patience + 1 and all(
             self.clearly_below(best, epoch.val_accuracy, rules.shock_drop) for epoch in since
         ):
-            return PruneDecision(Reason.UNFREEZE_SHOCK, evidence + f"{self.noise.describe(band)})")
+            return self._stop(
+                Reason.UNFREEZE_SHOCK, evidence + f"{self.noise.describe(band)})", best
+            )
         return None
 
     def peak_then_fall(self) -> PruneDecision | None:
@@ -277,9 +301,15 @@ class _Curve:
             return None  # training loss keeps falling: overfitting, not a collapse
         latest = recent[-1].val_accuracy
         band = self.noise.of_difference(peak.val_accuracy, latest)
-        return PruneDecision(
+        return self._stop(
             Reason.COLLAPSE,
             f"peak {peak.val_accuracy:.3f} at epoch {peak.epoch} → {_span(recent)} "
             f"({_points(latest - peak.val_accuracy)}; {self.noise.describe(band)}); "
             f"loss {peak.loss:.3f} → {recent[-1].loss:.3f}",
+            peak.val_accuracy,
         )
+
+    def _stop(self, reason: Reason, evidence: str, best: float) -> PruneDecision:
+        """A fall from `best`: the trial stops, and completes with its best if that was an
+        epoch worth keeping (a fall from near chance is pruned)."""
+        return PruneDecision(reason, evidence, keeps_best=self.shown_value(best))

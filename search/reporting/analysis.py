@@ -29,8 +29,9 @@ from trainers.errors import ConfigError
 
 
 def trials_frame(study: Study) -> pd.DataFrame:
-    """number, outcome, prune_evidence, value, best_epoch, epochs_run, minutes, unfrozen_units,
-    then every sampled parameter (under its current name)."""
+    """number, outcome, evidence (the numbers behind a prune or an early stop), value,
+    best_epoch, epochs_run, minutes, unfrozen_units, then every sampled parameter (under its
+    current name)."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
         duration = trial.duration.total_seconds() / 60 if trial.duration else None
@@ -38,7 +39,9 @@ def trials_frame(study: Study) -> pd.DataFrame:
             {
                 "number": trial.number,
                 "outcome": outcome_label(trial),
-                "prune_evidence": trial.user_attrs.get(TrialAttr.PRUNE_EVIDENCE),
+                "evidence": trial.user_attrs.get(
+                    TrialAttr.PRUNE_EVIDENCE, trial.user_attrs.get(TrialAttr.STOP_EVIDENCE)
+                ),
                 "value": trial.value,
                 "best_epoch": trial.user_attrs.get(TrialAttr.BEST_EPOCH),
                 "epochs_run": len(trial.intermediate_values),
@@ -55,12 +58,15 @@ def trials_frame(study: Study) -> pd.DataFrame:
     return frame
 
 
-def pruned_trials(frame: pd.DataFrame) -> pd.DataFrame:
-    """The pruned trials: why, after how many epochs, and the numbers behind each decision."""
+def stopped_trials(frame: pd.DataFrame) -> pd.DataFrame:
+    """The trials stopped early, pruned or completed with the best epoch they had before a
+    fall: why, after how many epochs, and the numbers behind each decision."""
     if frame.empty:
         return pd.DataFrame()
-    pruned = frame[frame["outcome"].str.startswith("PRUNED")]
-    return pruned[["outcome", "epochs_run", "prune_evidence"]]
+    outcome = frame["outcome"]
+    early = outcome.str.startswith("PRUNED") | outcome.str.contains("(stopped:", regex=False)
+    stopped = frame[early]
+    return stopped[["outcome", "epochs_run", "evidence"]]
 
 
 def unfrozen_units(trial: FrozenTrial) -> int | None:
@@ -84,7 +90,7 @@ def recorded_config(trial: FrozenTrial) -> TrainConfig | None:
 def strategy_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Best and median value of completed trials per fine-tuning strategy (the scientific
     parameters): the ladder step, the whole units it unfroze, BatchNorm frozen or not."""
-    completed = frame[frame["outcome"] == "COMPLETE"].copy()
+    completed = frame[frame["outcome"].str.startswith("COMPLETE")].copy()
     if completed.empty:
         return pd.DataFrame()
     if "freeze_bn" not in completed:

@@ -91,7 +91,7 @@ def plot_parameters(frame: pd.DataFrame, parameters: Sequence[str]) -> Figure:
     its value of that parameter (categories in order, wide numeric ranges on a log axis)."""
     import matplotlib.pyplot as plt
 
-    completed = frame[frame["outcome"] == "COMPLETE"] if not frame.empty else frame
+    completed = frame[frame["outcome"].str.startswith("COMPLETE")] if not frame.empty else frame
     panels = max(len(parameters), 1)
     figure, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.6), sharey=True, squeeze=False)
     if completed.empty or not parameters:

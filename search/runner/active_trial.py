@@ -112,9 +112,7 @@ def spawn_worker(
     return process, ours
 
 
-def wait_for_workers(
-    actives: Iterable[ActiveTrial], wakeup_fd: int | None, timeout: float
-) -> None:
+def wait_for_workers(actives: Iterable[ActiveTrial], wakeup_fd: int | None, timeout: float) -> None:
     """Wait up to `timeout` seconds until a worker sends something or exits, or `wakeup_fd`
     (a signal's wake-up) is written."""
     waitables: list[Any] = []
@@ -154,8 +152,12 @@ def final_verdict(
     if outcome is None:
         exit_text = describe_exit(active.process.exitcode)
         return Verdict(TrialState.FAIL, Reason.WORKER_DIED, f"worker {exit_text} before finishing")
-    if active.prune is not None:
-        return Verdict(TrialState.PRUNED, active.prune.reason, active.prune.evidence)
+    prune = active.prune
+    if prune is not None:
+        value = objective(active.history) if prune.keeps_best else None
+        if value is not None:  # fell after a good epoch, which counts (`PruneDecision`)
+            return Verdict(TrialState.COMPLETE, prune.reason, prune.evidence, value)
+        return Verdict(TrialState.PRUNED, prune.reason, prune.evidence)
     if outcome.stop_reason == "non_finite_loss":
         return Verdict(TrialState.PRUNED, Reason.NAN, outcome.stop_detail or "")
     value = objective(active.history)

@@ -54,9 +54,13 @@ class Limits:
     engine_ends: bool = False
 
     def __post_init__(self) -> None:
-        unbounded = self.trials is None and self.epochs is None and self.hours is None
-        if unbounded and not self.engine_ends:
+        if not self.bounded and not self.engine_ends:
             raise ValueError("a study needs a trial target or a compute budget")
+
+    @property
+    def bounded(self) -> bool:
+        """Whether a trial target or a compute budget ends the study."""
+        return not (self.trials is None and self.epochs is None and self.hours is None)
 
 
 @dataclass(frozen=True)

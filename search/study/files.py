@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from search.pruning.decision import PRUNERS
+from search.study.portfolio import NO_PORTFOLIO, SHIPPED, SHIPPED_PORTFOLIO, portfolio_path
 from search.study.registry import (
     RECOMMENDED_PRUNER,
     STUDIES,
@@ -71,6 +72,8 @@ class StudyFileModel(BaseModel):
     fixed: dict[str, Any] = {}
     roles: dict[str, Literal["scientific", "nuisance"]] = {}
     enqueue: tuple[str, ...] = ()
+    #: `shipped`, `none`, or a portfolio file (`search.study.portfolio`).
+    portfolio: str = SHIPPED
     seed: int = 0
 
     @field_validator("pruner")
@@ -90,6 +93,8 @@ class LoadedStudy:
     budget_hours: float | None = None
     #: The study file, or None for a registered study.
     path: Path | None = None
+    #: The portfolio file of recipes tried first; None: none.
+    portfolio: Path | None = SHIPPED_PORTFOLIO
 
 
 def is_study_file(argument: str) -> bool:
@@ -179,6 +184,11 @@ def _build(
     if not data and not problems.about("data"):
         problems.add("data", f"required with space: {GENERIC} (a folder, tfds:NAME, ...)")
     enqueued = _enqueued(model.enqueue, folder, problems)
+    portfolio = portfolio_path(model.portfolio, folder)
+    if portfolio is not None and not portfolio.is_file():
+        problems.add(
+            "portfolio", f"{portfolio} does not exist ({SHIPPED}, {NO_PORTFOLIO} or a file)"
+        )
     if problems.lines:
         return None
     changes_head = "head_epochs" in model.ranges or "head_epochs" in model.fixed or bool(enqueued)
@@ -197,7 +207,7 @@ def _build(
         else base.pruner_warmup_epochs,
         seed=model.seed,
     )
-    return LoadedStudy(spec, model.budget_epochs, model.budget_hours, path)
+    return LoadedStudy(spec, model.budget_epochs, model.budget_hours, path, portfolio)
 
 
 def _model_space(model: StudyFileModel, folder: Path, problems: Problems) -> FineTuneSpace:

@@ -43,11 +43,12 @@ MAX_LINE_RESULT = 120
 
 @dataclass(frozen=True)
 class Verdict:
-    """How a trial ended: its final state, the reason (pruned or failed) and the value."""
+    """How a trial ended: its final state, the reason (pruned, failed, or completed early by
+    the collapse rules after a good epoch) and the value."""
 
     state: TrialState
     reason: str = ""
-    #: What a failure said, or the evidence behind a prune.
+    #: What a failure said, or the evidence behind a prune or an early stop.
     detail: str = ""
     value: float | None = None
 
@@ -75,7 +76,11 @@ class Ending:
         (a dead peer's trial also says whether it runs again)."""
         verdict = self.verdict
         if verdict.state == TrialState.COMPLETE:
-            return f"{verdict.value:.4f} (epoch {self.best_epoch})"
+            completed = f"{verdict.value:.4f} (epoch {self.best_epoch})"
+            if not verdict.reason:
+                return completed
+            stopped = f"{completed}, stopped: {verdict.reason} at epoch {self.epochs_run}"
+            return stopped[:MAX_LINE_RESULT]
         if verdict.state == TrialState.PRUNED:
             pruned = f"{verdict.reason} at epoch {self.epochs_run}"
             return f"{pruned}: {verdict.detail}"[:MAX_LINE_RESULT] if verdict.detail else pruned
@@ -128,6 +133,9 @@ class TrialCloser:
         if verdict.state == TrialState.COMPLETE:
             assert verdict.value is not None
             trial.set_user_attr(TrialAttr.BEST_EPOCH, ending.best_epoch)
+            if verdict.reason:
+                trial.set_user_attr(TrialAttr.STOP_REASON, verdict.reason)
+                trial.set_user_attr(TrialAttr.STOP_EVIDENCE, verdict.detail[:MAX_DETAIL_ATTR])
             self.study.tell(trial, verdict.value)
         elif verdict.state == TrialState.PRUNED:
             trial.set_user_attr(TrialAttr.PRUNE_REASON, verdict.reason)
@@ -164,6 +172,9 @@ class TrialCloser:
             assert verdict.value is not None
             metrics["objective"] = verdict.value
             metrics["best_epoch"] = float(ending.best_epoch or 0)
+            if verdict.reason:
+                tags = {TrialAttr.STOP_REASON: verdict.reason}
+                tags[TrialAttr.STOP_EVIDENCE] = verdict.detail
         elif verdict.state == TrialState.PRUNED:
             tags = {TrialAttr.PRUNE_REASON: verdict.reason}
             if verdict.detail:

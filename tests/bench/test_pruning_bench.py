@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench import pruning
-from bench.corpus import BENCH_SPACE, TASKS, Corpus, build_corpus, corpus_path
+from bench.corpus import BENCH_SPACE, CORPUS_DIR, PRUNING_TASKS, Corpus, build_corpus, corpus_path
 from bench.replay import PrunerStack, replay_corpus, winners
 
 TINY = Path(__file__).parent / "tiny_corpus.json"
@@ -25,7 +25,7 @@ def test_winners_are_the_top_quarter_or_near_the_best(tiny: Corpus) -> None:
 
 
 def test_the_rules_before_the_noise_test_prune_the_best_curve_on_its_dip(tiny: Corpus) -> None:
-    result = replay_corpus(tiny, PrunerStack("old", noise_aware=False))
+    result = replay_corpus(tiny, PrunerStack("old", noise_aware=False, keep_best=False))
     # Trial 0 dips 0.22 -> 0.18 at its first fine-tune epoch (4 points on 240 images), then
     # reaches 0.70: pruned there as a shock, a false prune that hides the corpus's best.
     assert dict(result.reasons) == {"unfreeze_shock": 2, "collapse": 1, "chance": 1}
@@ -36,11 +36,15 @@ def test_the_rules_before_the_noise_test_prune_the_best_curve_on_its_dip(tiny: C
 
 
 def test_the_noise_aware_rules_keep_the_winner_and_catch_the_failures(tiny: Corpus) -> None:
-    result = replay_corpus(tiny, PrunerStack("rules"))
+    before = replay_corpus(tiny, PrunerStack("rules, every stop a prune", keep_best=False))
     # The collapse (epoch 3), the trial stuck at chance (epoch 2) and the wrecked BatchNorm
-    # (back at chance on its first fine-tune epoch) are still pruned.
-    assert dict(result.reasons) == {"unfreeze_shock": 1, "collapse": 1, "chance": 1}
-    assert result.false_prunes == 0
+    # (back at chance on its first fine-tune epoch) are stopped.
+    assert dict(before.reasons) == {"unfreeze_shock": 1, "collapse": 1, "chance": 1}
+    result = replay_corpus(tiny, PrunerStack("rules"))
+    # The same stops; but the collapse fell from 0.40 and the wreck from 0.38, far above chance
+    # with 10 classes: both complete with that best. Only the trial at chance is pruned.
+    assert dict(result.reasons) == {"chance": 1} and result.stopped_kept == 2
+    assert result.false_prunes == before.false_prunes == 0
     assert (result.epochs_total, result.epochs_run) == (28, 24)
     assert result.epochs_saved == pytest.approx(4 / 28)
     assert result.best_reached == pytest.approx(0.70)
@@ -50,11 +54,14 @@ def test_the_median_pruner_acts_after_the_rules(tiny: Corpus) -> None:
     median = next(stack for stack in pruning.STACKS if stack.name.endswith("+ median"))
     stack = PrunerStack("rules + median", optuna_pruner=median.optuna_pruner)
     result = replay_corpus(tiny, stack)
-    # Three trials have completed when trial 6 (0.15 .. 0.17) reaches epoch 3, the end of the
-    # demo pruner's warm-up: below their median, so the median's call.
-    assert result.reasons["median"] == 1
-    assert result.false_prunes == 0
-    assert result.epochs_run == 23
+    # The collapse and the wreck complete with their best (0.40, 0.38), so the median compares
+    # with them too: after the warm-up (3 epochs), trial 4 (0.28) and trial 6 (0.18) are
+    # below the completed trials' median at epoch 4, the median's call; the trial at chance
+    # is the rules'.
+    assert dict(result.reasons) == {"median": 2, "chance": 1}
+    assert result.pruned_at == {3: 2, 4: 4, 6: 4}
+    assert result.false_prunes == 0 and result.stopped_kept == 2
+    assert result.epochs_run == 24
 
 
 def test_quick_mode_replays_the_stored_corpus(
@@ -74,7 +81,7 @@ def test_quick_mode_replays_the_stored_corpus(
         assert (plots / f"pruning_{task}.png").read_bytes().startswith(b"\x89PNG")
     # Both tasks count: 8 of 56 epochs saved, no winner lost.
     assert lines[-1] == "collapse rules: 14% epochs saved, 0 false prunes of top-quarter trials"
-    assert lines[-4].startswith("collapse rules + median: 18% epochs saved")
+    assert lines[-4].startswith("collapse rules + median: 14% epochs saved")
     assert lines[-3].startswith("collapse rules + asha: ")
     assert lines[-2].startswith("collapse rules + hyperband: ")
     rows = [line for line in lines if line.startswith(("near ", "far "))]
@@ -96,21 +103,27 @@ def test_the_committed_corpus_figures() -> None:
     # The real curves (bench/corpus/), 30 configurations a task trained to their end.
     results = {
         (corpus.task, result.stack): result
-        for corpus in (Corpus.load(corpus_path(pruning.DEFAULT_CORPUS_DIR, t)) for t in TASKS)
+        for corpus in (Corpus.load(corpus_path(CORPUS_DIR, t)) for t in PRUNING_TASKS)
         for result in (replay_corpus(corpus, stack) for stack in pruning.STACKS)
     }
-    before, after = "collapse rules, no noise test", pruning.COLLAPSE_RULES
+    no_noise, not_kept = "collapse rules, no noise test", "collapse rules, best not kept"
+    after = pruning.COLLAPSE_RULES
     # Far from pretraining, the rules without the noise test pruned a top-quarter fine-tune
     # (0.200 -> 0.146 at its first unfrozen epoch, 5 points on 240 images, then 0.421); with
     # it, no winner is lost, and the one shock left is a BatchNorm wreck (0.21 -> 0.10, 0.09).
-    assert (results["far", before].false_prunes, results["far", after].false_prunes) == (1, 0)
-    assert dict(results["far", after].reasons) == {"unfreeze_shock": 1}
-    # Near it, one top-quarter configuration is pruned either way, two epochs after its best:
-    # its head reached 0.908 and fine-tuning lost 18 points without recovering.
-    near = results["near", after]
+    assert (results["far", no_noise].false_prunes, results["far", not_kept].false_prunes) == (1, 0)
+    assert dict(results["far", not_kept].reasons) == {"unfreeze_shock": 1}
+    # Near it, the guide's failure itself was a false prune, two epochs after its best: its
+    # head reached 0.908, then fine-tuning all units with BatchNorm unfrozen lost 18 points.
+    near = results["near", not_kept]
     assert (near.false_prunes, near.false_prunes_after_best) == (1, 1)
-    # The rules alone still reach each corpus's best.
-    for task in TASKS:
+    # Now every fall after a good epoch keeps its best: the rules alone stop the same trials
+    # (8 near, the wreck far) and lose no winner on either task.
+    assert results["near", after].stopped_kept == 8 and results["far", after].stopped_kept == 1
+    assert results["near", after].epochs_run == near.epochs_run
+    for task in PRUNING_TASKS:
+        assert results[task, after].false_prunes == 0 and not results[task, after].reasons
+        # The rules alone still reach each corpus's best.
         assert results[task, after].best_reached == results[task, after].corpus_best
 
 

@@ -88,7 +88,10 @@ class ScriptedWorker:
                     if os.getppid() != parent_pid:
                         return  # the coordinator was killed: no one to train for
                     time.sleep(0.1)
-            for index in range(min(epochs, len(script.accuracies))):
+            # The request's window of global epochs (a Hyperband round), played from the script.
+            window = request.window
+            last = min(epochs, window.until_epoch or epochs, len(script.accuracies))
+            for index in range(window.after_epoch, last):
                 if script.fail is not None and index == script.fail_after:
                     connection.send(Failed(script.fail, f"scripted {script.fail}"))
                     return

@@ -270,6 +270,31 @@ def test_random_and_bayesian_oracles(tmp_path: Path) -> None:
                 assert not any(name.startswith("ft_") for name in trial.params)
 
 
+def test_hyperband_iterates_until_the_budget_ends_the_study(tmp_path: Path) -> None:
+    # One iteration of the smoke space's brackets costs 11 epochs (3 x 1, 1 x 2, 2 x 3); a
+    # budget of 15 runs into a second, and the budget, not the oracle, ends the study. The
+    # workers play scripted epochs, honouring each round's window.
+    command = search_command(tmp_path, "hyperband", "--budget-epochs", "15")
+    coordinator = CoordinatorProcess(command, tmp_path, module="tests.search.scripted_run")
+    try:
+        assert coordinator.finish() == 0, coordinator.output
+    finally:
+        kill_all()
+    trials = finished(load(tmp_path))
+    assert len(trials) > HYPERBAND_TRIALS
+    spent = sum(trial.user_attrs[TrialAttr.EPOCHS_SPENT] for trial in trials)
+    assert spent >= 15
+    study_line = [
+        line for line in coordinator.output.splitlines() if line.startswith("study smoke: ")
+    ][-1]
+    assert study_line.endswith("; epoch budget reached"), study_line
+    # Each trial trained its round's window only.
+    for trial in trials:
+        steps = sorted(trial.intermediate_values)
+        after = trial.user_attrs.get(TrialAttr.AFTER_EPOCH, 0)
+        assert steps[0] == after + 1 and steps[-1] <= trial.user_attrs[TrialAttr.UNTIL_EPOCH]
+
+
 def test_a_resume_with_another_engine_is_refused(hyperband: dict[str, Any]) -> None:
     folder: Path = hyperband["folder"]
     command = search_command(folder, "hyperband")

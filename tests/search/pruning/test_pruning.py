@@ -394,3 +394,45 @@ def test_nan_is_decided_before_the_number_of_classes_is_known() -> None:
     decision = find_collapse([EpochView(1, 1, math.nan, 0.5, 1.0)], num_classes=0)
     assert decision is not None and decision.reason == "nan"
     assert find_collapse(curve([0.1, 0.1]), num_classes=0) is None
+
+
+# -- a fall after a good epoch keeps the best ------------------------------------------------------
+
+
+def last_decision(epochs: list[EpochView], num_classes: int, **kwargs: object) -> PruneDecision:
+    """The decision at the first epoch a rule fires (the test's curves all break one)."""
+    pruned = first_pruned_epoch(epochs, num_classes, **kwargs)
+    assert pruned is not None
+    decision = find_collapse(epochs[: pruned[0]], num_classes=num_classes, **kwargs)  # type: ignore[arg-type]
+    assert decision is not None
+    return decision
+
+
+@noise_known_or_not
+def test_a_fall_after_a_good_epoch_keeps_its_best(validation_images: int | None) -> None:
+    # The guide's collapse fell from 43%, far above chance with 120 classes: that epoch counts.
+    guide = curve(GUIDE_COLLAPSE, losses=[2.9, 3.3, 3.7, 3.8])
+    decision = last_decision(guide, 120, validation_images=validation_images)
+    assert (decision.reason, decision.keeps_best) == ("collapse", True)
+    # The guide's BatchNorm failure: a good head, wrecked at the first fine-tune epoch.
+    wrecked = curve([0.80, 0.85, 0.02], phases=[1, 1, 2])
+    decision = last_decision(
+        wrecked, 120, validation_images=validation_images, unfreezing_phases=[2]
+    )
+    assert (decision.reason, decision.keeps_best) == ("unfreeze_shock", True)
+
+
+def test_a_fall_from_near_chance_is_pruned() -> None:
+    ten = {"validation_images": 2000, "unfreezing_phases": [2]}
+    # 15% with 10 classes is above the chance band (14.5%) but not clearly, on 2,000 images.
+    near = curve([0.15, 0.11, 0.10, 0.10], losses=[2.2, 2.3, 2.4, 2.4])
+    decision = last_decision(near, 10, **ten)
+    assert (decision.reason, decision.keeps_best) == ("collapse", False)
+    # 18% is clearly above it: the same fall keeps its best.
+    above = curve([0.18, 0.11, 0.10, 0.10], losses=[2.2, 2.3, 2.4, 2.4])
+    assert last_decision(above, 10, **ten).keeps_best
+    # The rules that say nothing was learned, or that the numbers broke, always prune.
+    at_chance = curve([0.100, 0.095, 0.100], losses=[2.3, 2.3, 2.3])
+    assert not last_decision(at_chance, 10, **ten).keeps_best
+    nan = curve([0.6, math.nan])
+    assert not last_decision(nan, 10, **ten).keeps_best

@@ -10,7 +10,7 @@ import pandas as pd
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.reporting.analysis import pruned_trials, strategy_table, trials_frame, unfrozen_units
+from search.reporting.analysis import stopped_trials, strategy_table, trials_frame, unfrozen_units
 from search.vocabulary import TrialAttr
 from tests.conftest import small_config_dict
 from trainers.config.schema import TrainConfig
@@ -79,12 +79,21 @@ def test_an_old_studys_unfreeze_blocks_parameter_shows_as_unfreeze_level() -> No
     assert frame["unfreeze_level"].tolist() == [1, 0, 3, 2, 2]
 
 
-def test_pruned_trials_show_their_reason_and_evidence() -> None:
-    pruned = pruned_trials(trials_frame(_study()))
-    assert pruned.index.tolist() == [4]
-    assert pruned.loc[4, "outcome"] == "PRUNED: unfreeze_shock"
-    assert pruned.loc[4, "prune_evidence"].startswith("best 0.850 → 0.550, 0.560 at epochs 3–4")
-    assert pd.isna(trials_frame(_study()).loc[0, "prune_evidence"])
+def test_stopped_trials_show_their_reason_and_evidence() -> None:
+    study = _study()
+    # A fall after a good epoch: completed with that epoch's value, its reason kept.
+    kept = {TrialAttr.STOP_REASON: "collapse", TrialAttr.STOP_EVIDENCE: "peak 0.700 at epoch 2"}
+    study.add_trial(_trial({"unfreeze_level": 0}, 0.7, _config_yaml(), user_attrs=kept))
+    frame = trials_frame(study)
+    stopped = stopped_trials(frame)
+    assert stopped.index.tolist() == [4, 5]
+    assert stopped.loc[4, "outcome"] == "PRUNED: unfreeze_shock"
+    assert stopped.loc[4, "evidence"].startswith("best 0.850 → 0.550, 0.560 at epochs 3–4")
+    assert stopped.loc[5, "outcome"] == "COMPLETE (stopped: collapse)"
+    assert stopped.loc[5, "evidence"] == "peak 0.700 at epoch 2"
+    assert pd.isna(frame.loc[0, "evidence"])
+    # It counts as completed where strategies are compared.
+    assert strategy_table(frame).loc[(0, 0, "n/a (frozen)"), "count"] == 2
 
 
 def test_the_deepest_phase_counts_not_the_last() -> None:

@@ -35,6 +35,13 @@ COLLAPSING = Script(
     num_classes=120,
     validation_images=2400,
 )
+# A fall from just above chance (10 classes, 2,000 images): a collapse before any good epoch.
+FALLS_NEAR_CHANCE = Script(
+    accuracies=(0.15, 0.11, 0.10, 0.10),
+    losses=(2.2, 2.3, 2.4, 2.4),
+    num_classes=10,
+    validation_images=2000,
+)
 # At chance on 2,000 images: measurably inside the band above chance (below 28.75%).
 AT_CHANCE = Script(accuracies=(0.25, 0.25, 0.25), validation_images=2000)
 NAN_AT_2 = Script(accuracies=(0.5, math.nan, 0.8))

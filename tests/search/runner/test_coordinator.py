@@ -27,6 +27,7 @@ from tests.search.runner.scripted_studies import (
     AT_CHANCE,
     COLLAPSING,
     DIES_AT_1,
+    FALLS_NEAR_CHANCE,
     NAN_AT_2,
     PRETRAINED_FINE_TUNE,
     PRETRAINED_HEAD_ONLY,
@@ -98,17 +99,27 @@ def three_epochs_a_phase(trial: Suggester, data_source: str) -> TrainConfig:
 
 
 @pytest.mark.parametrize(
-    ("script", "first", "reason", "epochs", "evidence"),
+    ("script", "first", "reason", "epochs", "evidence", "kept"),
     [
-        # the guide: by its 3rd epoch
-        (COLLAPSING, PRETRAINED_HEAD_ONLY, Reason.COLLAPSE, 3, "peak 0.431 at epoch 1 → "),
-        (AT_CHANCE, PRETRAINED_HEAD_ONLY, Reason.CHANCE, 2, "best 0.250 by epoch 2"),
+        # the guide: by its 3rd epoch; it fell from 0.431, which it keeps
+        (COLLAPSING, PRETRAINED_HEAD_ONLY, Reason.COLLAPSE, 3, "peak 0.431 at epoch 1 → ", 0.431),
+        # the same fall from just above chance: nothing worth keeping
+        (
+            FALLS_NEAR_CHANCE,
+            PRETRAINED_HEAD_ONLY,
+            Reason.COLLAPSE,
+            3,
+            "peak 0.150 at epoch 1",
+            None,
+        ),
+        (AT_CHANCE, PRETRAINED_HEAD_ONLY, Reason.CHANCE, 2, "best 0.250 by epoch 2", None),
         (
             UNFREEZE_SHOCK,
             PRETRAINED_FINE_TUNE,
             Reason.UNFREEZE_SHOCK,
             5,
             "best 0.860 → 0.600, 0.620",
+            0.86,
         ),
         (
             NAN_AT_2,
@@ -116,9 +127,10 @@ def three_epochs_a_phase(trial: Suggester, data_source: str) -> TrainConfig:
             Reason.NAN,
             2,
             "loss nan, val_accuracy nan, val_loss nan at epoch 2",
+            None,
         ),
     ],
-    ids=["collapse", "chance", "unfreeze_shock", "nan"],
+    ids=["collapse", "collapse_near_chance", "chance", "unfreeze_shock", "nan"],
 )
 def test_collapse_rules_stop_the_worker_and_record_their_reason(
     tiny: TinyStudy,
@@ -127,16 +139,36 @@ def test_collapse_rules_stop_the_worker_and_record_their_reason(
     reason: Reason,
     epochs: int,
     evidence: str,
+    kept: float | None,
 ) -> None:
-    if script is COLLAPSING:  # six epochs to play, so the stop is visible
+    if script in (COLLAPSING, FALLS_NEAR_CHANCE):  # six epochs to play, so the stop is visible
         first = EnqueuedTrial(first.label, {**first.params, "unfreeze_level": 1})
     spec = tiny.spec(first, space=three_epochs_a_phase)
     outcome = tiny.run({0: script}, n_trials=1, spec=spec)
     trial = outcome.trial(0)
-    assert trial.state == TrialState.PRUNED
-    assert trial.user_attrs[TrialAttr.PRUNE_REASON] == reason
+    run = outcome.run(0)
+    if kept is None:
+        # Pruned: its value never counts (Optuna keeps its last report, not a result).
+        assert trial.state == TrialState.PRUNED
+        reason_key, evidence_key = TrialAttr.PRUNE_REASON, TrialAttr.PRUNE_EVIDENCE
+        assert f"PRUNED   {reason} at epoch {epochs}: {evidence}" in finished_line(outcome, 0)
+        assert TrialAttr.STOP_REASON not in trial.user_attrs
+    else:
+        # A fall after a good epoch: stopped all the same, but completed with the best epoch's
+        # value, so it ranks where it belongs; the reason and its numbers are kept.
+        assert trial.state == TrialState.COMPLETE
+        assert trial.value == pytest.approx(kept)
+        best_epoch = trial.user_attrs[TrialAttr.BEST_EPOCH]
+        assert trial.intermediate_values[best_epoch] == pytest.approx(kept)
+        reason_key, evidence_key = TrialAttr.STOP_REASON, TrialAttr.STOP_EVIDENCE
+        assert run.data.metrics["objective"] == pytest.approx(kept)
+        assert f"COMPLETE {kept:.4f} (epoch {best_epoch}), stopped: {reason} at epoch {epochs}" in (
+            finished_line(outcome, 0)
+        )
+        assert TrialAttr.PRUNE_REASON not in trial.user_attrs
+    assert trial.user_attrs[reason_key] == reason
     # The numbers behind the decision go with it: trial, MLflow run and the printed line.
-    assert trial.user_attrs[TrialAttr.PRUNE_EVIDENCE].startswith(evidence)
+    assert trial.user_attrs[evidence_key].startswith(evidence)
     # The worker was told to stop at that epoch, with the reason: no later epoch was played,
     # though the config and the script had more.
     epoch_lines = [line for line in outcome.lines if line.startswith("  trial   0 epoch")]
@@ -147,12 +179,10 @@ def test_collapse_rules_stop_the_worker_and_record_their_reason(
     # A non-finite value never reaches the storage, not even as an intermediate value.
     assert all(math.isfinite(value) for value in trial.intermediate_values.values())
     assert max(trial.intermediate_values) == (epochs - 1 if reason == Reason.NAN else epochs)
-    run = outcome.run(0)
-    assert run.info.status == "FINISHED" and run.data.tags["prune_reason"] == reason
-    assert run.data.tags["prune_evidence"] == trial.user_attrs[TrialAttr.PRUNE_EVIDENCE]
-    # A pruned trial's cost counts too: the epochs it trained before it was stopped.
+    assert run.info.status == "FINISHED" and run.data.tags[reason_key] == reason
+    assert run.data.tags[evidence_key] == trial.user_attrs[evidence_key]
+    # A stopped trial's cost counts too: the epochs it trained before it was stopped.
     assert trial.user_attrs[TrialAttr.EPOCHS_SPENT] == epochs == run.data.metrics["epochs_spent"]
-    assert f"PRUNED   {reason} at epoch {epochs}: {evidence}" in finished_line(outcome, 0)
 
 
 def test_the_median_pruner_decides_after_the_collapse_rules(tiny: TinyStudy) -> None:
