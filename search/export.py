@@ -7,6 +7,14 @@
 The file is the exact config the best trial trained with (as its worker resolved it), plus a
 `provenance` block: study, trial number, value, best epoch, storage and export time. Training
 ignores provenance; `trainers.train` copies it into the production run's MLflow tags.
+
+    python -m search.export --study effnet_b4 --confirm 3 -o best.yaml
+
+`--confirm K` first re-trains the K best trials with `--confirm-seeds` other seeds each (2 by
+default), in worker processes like the study's trials, and exports the trial with the best
+mean of its re-runs; the mean, its standard error, the values and the re-runs' MLflow ids go
+into `provenance.confirmation` (`search.runner.confirmation`). The same command again resumes
+an interrupted confirmation.
 """
 
 from __future__ import annotations
@@ -21,6 +29,9 @@ import optuna
 from optuna.trial import TrialState
 
 from search.engines.base import EngineChoice
+from search.runner.active_trial import WorkerEntry
+from search.runner.confirmation import ConfirmationError, confirm
+from search.runner.worker import run_worker
 from search.storage.urls import (
     DEFAULT_STORAGE,
     StorageError,
@@ -28,20 +39,33 @@ from search.storage.urls import (
     make_storage,
     redact,
 )
-from search.study.files import is_study_file, load_study_file
+from search.study.files import is_study_file, load_study_file, resolve_study
+from search.study.registry import StudySpec, UnknownStudyError
 from search.vocabulary import StudyAttr, TrialAttr
-from trainers.config.schema import Provenance, TrainConfig
+from trainers.config.schema import Confirmation, Provenance, TrainConfig
 from trainers.errors import TrainerInputError
-from trainers.installation import add_version_option
+from trainers.installation import add_version_option, require_tensorflow
+from trainers.outputs import ensure_writable_folder
 from trainers.redaction import hide_passwords
+from trainers.tracking import check_tracking_uri, resolve_tracking_uri
 
 
 class ExportError(Exception):
     """The study has nothing to export; reported as one line."""
 
 
-def best_config(study_name: str, storage: str) -> TrainConfig:
-    """The best completed trial's config, with provenance."""
+#: Mistakes and missing things that are one `error:` line, with nothing written.
+_ONE_LINE_ERRORS = (
+    ExportError,
+    StorageError,
+    TrainerInputError,
+    UnknownStudyError,
+    ConfirmationError,
+)
+
+
+def best_config(study_name: str, storage: str, number: int | None = None) -> TrainConfig:
+    """The config of trial `number` (None: the best completed trial), with provenance."""
     check_storage_url(storage)
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
         # Opening it would create an empty database; there is nothing to export.
@@ -59,7 +83,7 @@ def best_config(study_name: str, storage: str) -> TrainConfig:
         completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not completed:
             raise ExportError(f"study {study_name!r} has no completed trial yet")
-        best = study.best_trial
+        best = study.best_trial if number is None else study.get_trials(deepcopy=False)[number]
         engine = study.user_attrs.get(StudyAttr.ENGINE, EngineChoice().label)
     finally:
         rdb.remove_session()
@@ -98,7 +122,35 @@ def write_export(config: TrainConfig, path: Path) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _confirm(
+    spec: StudySpec, args: argparse.Namespace, worker: WorkerEntry
+) -> tuple[int, Confirmation]:
+    """Run (or finish) the confirmation `args` asks for; the winner and what it reached."""
+    if args.confirm < 1 or args.confirm_seeds < 1 or args.workers < 1:
+        raise ExportError("--confirm, --confirm-seeds and --workers must be at least 1")
+    check_storage_url(args.storage)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_uri(tracking_uri)
+    require_tensorflow()  # the re-runs train
+    runs = Path(args.runs or Path("runs") / "search" / spec.name / "confirm")
+    confirmed = confirm(
+        spec,
+        candidates=args.confirm,
+        seeds=args.confirm_seeds,
+        storage=args.storage,
+        tracking_uri=tracking_uri,
+        output_dir=ensure_writable_folder(runs),
+        workers=args.workers,
+        worker=worker,
+    )
+    print(f"confirmed {len(confirmed)} trials with {args.confirm_seeds} other seeds each:")
+    for candidate in confirmed:
+        print(f"  {candidate.describe()}")
+    winner = confirmed[0]
+    return winner.number, winner.confirmation(len(confirmed))
+
+
+def main(argv: Sequence[str] | None = None, *, worker: WorkerEntry = run_worker) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m search.export",
         description="Write the best trial's config as YAML for python -m trainers.train.",
@@ -111,21 +163,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--storage", default=DEFAULT_STORAGE, help="Optuna storage URL (default: %(default)s)"
     )
+    confirming = parser.add_argument_group("confirmation (re-train the best trials first)")
+    confirming.add_argument(
+        "--confirm",
+        type=int,
+        metavar="K",
+        help="re-train the K best trials with other seeds and export the best mean",
+    )
+    confirming.add_argument(
+        "--confirm-seeds", type=int, default=2, metavar="N", help="seeds per trial (default: 2)"
+    )
+    confirming.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI of the study (default: $MLFLOW_TRACKING_URI or "
+        "sqlite:///mlflow.db)",
+    )
+    confirming.add_argument("--workers", type=int, default=1, help="concurrent re-runs")
+    confirming.add_argument(
+        "--runs", help="folder for the re-runs' files (default: runs/search/<study>/confirm)"
+    )
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
+        loaded = resolve_study(args.study) if args.confirm is not None else None
         study_name = (
             load_study_file(Path(args.study)).spec.name if is_study_file(args.study) else args.study
         )
-        config = best_config(study_name, args.storage)
+        number, confirmation = None, None
+        if loaded is not None:
+            number, confirmation = _confirm(loaded.spec, args, worker)
+        config = best_config(study_name, args.storage, number)
+        if confirmation is not None:
+            assert config.provenance is not None
+            provenance = config.provenance.model_copy(update={"confirmation": confirmation})
+            config = config.model_copy(update={"provenance": provenance})
         path = write_export(config, Path(args.output))
-    except (ExportError, StorageError, TrainerInputError) as error:
+    except (
+        ExportError,
+        StorageError,
+        TrainerInputError,
+        UnknownStudyError,
+        ConfirmationError,
+    ) as error:
         print(f"error: {hide_passwords(str(error))}", file=sys.stderr)
         return 2
-    assert config.provenance is not None
+    origin = config.provenance
+    assert origin is not None
+    confirmed = origin.confirmation
+    mean = "" if confirmed is None else f", mean {confirmed.mean:.4f} ± {confirmed.stderr:.4f}"
     print(
-        f"wrote {path}: trial {config.provenance.trial_number} of {study_name}, "
-        f"val_accuracy {config.provenance.value:.4f} at epoch {config.provenance.best_epoch}"
+        f"wrote {path}: trial {origin.trial_number} of {study_name}, "
+        f"val_accuracy {origin.value:.4f} at epoch {origin.best_epoch}{mean}"
     )
     return 0
 

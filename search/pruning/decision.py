@@ -31,6 +31,9 @@ PRUNERS: dict[str, type[BasePruner]] = {
     "asha": optuna.pruners.SuccessiveHalvingPruner,
     "hyperband": optuna.pruners.HyperbandPruner,
 }
+#: No Optuna pruner, the collapse rules alone: a confirmation's re-runs are never compared
+#: mid-way (`search.runner.confirmation`).
+NO_PRUNER = "none"
 
 
 def pruner_name(pruner: BasePruner) -> str:

@@ -95,11 +95,11 @@ class Coordinator:
                     engine=self.engine,
                     retry=self.storage_retry,
                 )
-                # After the checks above, so that a refused command leaves no parent run
-                # RUNNING.
+                # After the checks above, so that a refused command leaves no run RUNNING.
                 self.tracker = StudyTracker(
                     settings.tracking_uri,
-                    spec.name,
+                    spec.confirms or spec.name,
+                    confirmation=spec.confirms is not None,
                     storage=self.storage_label,
                     spool=spool_path(settings.output_dir),
                     warn=log,

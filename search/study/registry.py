@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 
 from search.pruning.collapse import CollapseRules
-from search.pruning.decision import PRUNERS
+from search.pruning.decision import NO_PRUNER, PRUNERS
 from spaces import demo, effnet_b0, effnet_b4, smoke
 from spaces.finetune import Suggester
 from trainers.config.schema import TrainConfig
@@ -49,7 +49,7 @@ class StudySpec:
     n_trials: int
     enqueued: tuple[EnqueuedTrial, ...] = ()
     rules: CollapseRules = field(default_factory=CollapseRules)
-    #: The Optuna pruner asked after the collapse rules: one of `PRUNERS`.
+    #: The Optuna pruner asked after the collapse rules: one of `PRUNERS`, or `NO_PRUNER`.
     pruner: str = "median"
     #: Trials that finish before the median pruner starts comparing.
     pruner_startup_trials: int = 5
@@ -60,6 +60,9 @@ class StudySpec:
     sampler_startup_trials: int = 8
     seed: int = 0
     objective: Callable[[TrainingHistory], float | None] = best_validation_accuracy
+    #: The study whose best trials this one re-trains with other seeds
+    #: (`search.runner.confirmation`): its runs are MLflow children of that study's parent run.
+    confirms: str | None = None
 
     def make_sampler(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
         # multivariate + group: TPE models the conditional fine-tune parameters jointly, only
@@ -77,7 +80,7 @@ class StudySpec:
             )
 
     def __post_init__(self) -> None:
-        if self.pruner not in PRUNERS:
+        if self.pruner not in PRUNERS and self.pruner != NO_PRUNER:
             raise ValueError(f"unknown pruner {self.pruner!r}; allowed: {', '.join(PRUNERS)}")
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
@@ -89,6 +92,8 @@ class StudySpec:
         first epoch after the warm-up: rungs never compare a head-only epoch of one trial with
         a fine-tune epoch of another, since every trial's head phase ends within the warm-up
         (a head-only trial ends there and is never compared at a rung)."""
+        if self.pruner == NO_PRUNER:
+            return optuna.pruners.NopPruner()
         if self.pruner == "median":
             return optuna.pruners.MedianPruner(
                 n_startup_trials=self.pruner_startup_trials,
@@ -223,4 +228,3 @@ def get_study_spec(name: str) -> StudySpec:
         raise UnknownStudyError(
             f"unknown study {name!r}; valid studies: {', '.join(sorted(STUDIES))}"
         ) from None
-

@@ -158,9 +158,12 @@ def _enqueue(study: optuna.Study, spec: StudySpec, known: EnqueuedTrial, data: s
         params: dict[str, object] | None = dict(known.params)
         extra: dict[str, str] = {}
     else:
-        assert isinstance(spec.space, FineTuneSpace), "study files have a FineTuneSpace"
-        config = study_config(known.config, spec.space, data)
-        params = spec.space.params_of(config)
+        # On a space that lists its parameters, moved onto the study's data; on any other (a
+        # confirmation of a study whose space is a function), exactly as it was trained.
+        config, params = known.config, None
+        if isinstance(spec.space, FineTuneSpace):
+            config = study_config(known.config, spec.space, data)
+            params = spec.space.params_of(config)
         extra = {} if params is not None else {TrialAttr.ENQUEUED_CONFIG: config.to_yaml()}
     if params:
         # skip_if_exists: a coordinator that died half-way through this loop is completed by

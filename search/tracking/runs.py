@@ -7,6 +7,11 @@ KILLED (stopped by Ctrl-C), never left RUNNING. The parent run gets the study's 
 whenever the runner stops. Several coordinators of one study share the parent run: each looks
 it up by tag (under the study lock), and the earliest one wins if two were ever created.
 
+A confirmation (`search.runner.confirmation`: the best trials re-trained with other seeds) is
+tracked inside the study it confirms: its runs are children of that study's parent run, with
+the role `confirmation` instead of `trial`, and it leaves the parent's status, tags and plots
+as they are.
+
 The server must answer when the study starts; after that, every write goes through a
 `SpooledWriter`, so an outage of the server keeps the writes in a spool instead of stopping
 the study (`search.tracking.spool`).
@@ -25,6 +30,9 @@ from trainers.config.schema import TrainConfig
 from trainers.tracking import NOT_METRICS, config_params, ensure_experiment, make_client
 
 ROLE_TAG = "finetune_search.role"
+#: The roles of child runs: a study's trials, or a confirmation's re-runs.
+TRIAL_ROLE = "trial"
+CONFIRMATION_ROLE = "confirmation"
 STUDY_TAG = "optuna.study"
 TRIAL_TAG = "optuna.trial_number"
 STATE_TAG = "optuna.state"
@@ -42,6 +50,7 @@ class StudyTracker:
         storage: str,
         spool: Path,
         warn: Callable[[str], None],
+        confirmation: bool = False,
     ) -> None:
         # With a tracking server, MLflow prints a link for every run it closes; the runner's
         # output is one line per epoch and trial, and the README says where to look.
@@ -54,6 +63,8 @@ class StudyTracker:
         self.tracking_uri = tracking_uri
         self.study_name = study_name
         self.warn = warn
+        self.confirmation = confirmation
+        self.role = CONFIRMATION_ROLE if confirmation else TRIAL_ROLE
         self.experiment_id = ensure_experiment(self.client, study_name)
         self.parent_run_id = self._parent_run(storage)
         self.writer = SpooledWriter(self.client, spool, tracking_uri=tracking_uri, warn=warn)
@@ -81,7 +92,8 @@ class StudyTracker:
                 # Another coordinator created the parent first; keep one parent run only.
                 self.client.delete_run(created)
         chosen = existing[0].info.run_id
-        self.client.update_run(chosen, status="RUNNING")
+        if not self.confirmation:  # a confirmation leaves its study's run as it is
+            self.client.update_run(chosen, status="RUNNING")
         return str(chosen)
 
     def start_trial(
@@ -89,10 +101,10 @@ class StudyTracker:
     ) -> str:
         run_id = self.writer.create_run(
             self.experiment_id,
-            run_name=f"trial-{trial_number:04d}",
+            run_name=f"{self.role}-{trial_number:04d}",
             tags={
                 PARENT_TAG: self.parent_run_id,
-                ROLE_TAG: "trial",
+                ROLE_TAG: self.role,
                 STUDY_TAG: self.study_name,
                 TRIAL_TAG: str(trial_number),
                 STATE_TAG: "RUNNING",
@@ -138,9 +150,10 @@ class StudyTracker:
         self.writer.set_terminated(run_id, status=status)
 
     def finish_study(self, files: Sequence[Path], *, status: str, tags: Mapping[str, str]) -> None:
-        self.writer.log_batch(self.parent_run_id, tags=tags)
-        self.writer.log_artifacts(self.parent_run_id, list(files))
-        self.writer.set_terminated(self.parent_run_id, status=status)
+        if not self.confirmation:  # the study's summary is its own, not its confirmation's
+            self.writer.log_batch(self.parent_run_id, tags=tags)
+            self.writer.log_artifacts(self.parent_run_id, list(files))
+            self.writer.set_terminated(self.parent_run_id, status=status)
         self.writer.close()
 
     def retry_spooled(self) -> None:
@@ -153,7 +166,7 @@ class StudyTracker:
         That happens when a coordinator dies between telling Optuna and closing the run.
         """
         runs = self._search(
-            f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'RUNNING'",
+            f"tags.`{ROLE_TAG}` = '{self.role}' and attributes.status = 'RUNNING'",
             "runs left RUNNING by a dead coordinator stay open until a later start",
         )
         for run in runs or []:
@@ -170,7 +183,7 @@ class StudyTracker:
         died before creating it, or it never reached a worker), so that every trial ends with
         exactly one closed run."""
         runs = self._search(
-            f"tags.`{ROLE_TAG}` = 'trial' and tags.`{TRIAL_TAG}` = '{trial_number}'",
+            f"tags.`{ROLE_TAG}` = '{self.role}' and tags.`{TRIAL_TAG}` = '{trial_number}'",
             f"trial {trial_number}'s run is closed by a later start",
         )
         if runs is None:

@@ -162,6 +162,21 @@ class PhaseConfig(_Frozen):
     freeze_batchnorm: bool = True
 
 
+class Confirmation(_Frozen):
+    """The exported trial's config re-trained with other seeds, and what they reached
+    (`python -m search.export --confirm K`)."""
+
+    #: How many of the study's best trials were re-trained; this one won by its mean.
+    candidates: int = Field(ge=1)
+    seeds: tuple[int, ...]
+    values: tuple[float, ...]
+    mean: float
+    #: The standard error of `mean`: the standard deviation of `values` over sqrt(n).
+    stderr: float
+    #: The re-runs' MLflow run ids, children of the study's parent run.
+    mlflow_runs: tuple[str, ...] = ()
+
+
 class Provenance(_Frozen):
     """Where an exported config came from; carried along, never used for training."""
 
@@ -175,6 +190,7 @@ class Provenance(_Frozen):
     #: trial ids of its own, the trial's there (KerasTuner's `trial_id`).
     engine: str | None = None
     engine_trial: str | None = None
+    confirmation: Confirmation | None = None
 
 
 class TrainConfig(_Frozen):
