@@ -4,6 +4,8 @@ resumed after an interruption without training anything twice."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import optuna
 import pytest
 from mlflow import MlflowClient
@@ -42,7 +44,10 @@ def _study(tiny: TinyStudy) -> StudySpec:
     return spec
 
 
-def _confirm(tiny: TinyStudy, spec: StudySpec, lines: list[str]) -> list[Confirmed]:
+def _confirm(
+    tiny: TinyStudy, spec: StudySpec, log: Callable[[str], None] = lambda _line: None
+) -> list[Confirmed]:
+    """The 2 best trials of `tiny`'s study, re-run with 2 other seeds each."""
     return confirm(
         spec,
         candidates=2,
@@ -50,15 +55,14 @@ def _confirm(tiny: TinyStudy, spec: StudySpec, lines: list[str]) -> list[Confirm
         storage=tiny.storage,
         tracking_uri=tiny.tracking_uri,
         output_dir=tiny.folder / "confirm",
-        log=lines.append,
+        log=log,
         worker=ScriptedWorker(RERUN_SCRIPTS),
     )
 
 
 def test_the_best_mean_wins_and_its_reruns_are_children_of_the_study(tiny: TinyStudy) -> None:
     spec = _study(tiny)
-    lines: list[str] = []
-    confirmed = _confirm(tiny, spec, lines)
+    confirmed = _confirm(tiny, spec)
     # Trial 2 wins by its mean, though trial 1 had the best single value.
     assert [c.number for c in confirmed] == [2, 1]
     winner, runner_up = confirmed
@@ -99,23 +103,14 @@ def test_an_interrupted_confirmation_resumes_without_training_twice(tiny: TinySt
             raise KeyboardInterrupt  # Ctrl-C once two re-runs have finished
 
     with pytest.raises(KeyboardInterrupt):
-        confirm(
-            spec,
-            candidates=2,
-            seeds=2,
-            storage=tiny.storage,
-            tracking_uri=tiny.tracking_uri,
-            output_dir=tiny.folder / "confirm",
-            log=interrupt_after_two,
-            worker=ScriptedWorker(RERUN_SCRIPTS),
-        )
+        _confirm(tiny, spec, interrupt_after_two)
     reruns = optuna.load_study(study_name=f"{spec.name}{SUFFIX}", storage=tiny.storage)
     done_before = {
         t.user_attrs[TrialAttr.ENQUEUED] for t in reruns.get_trials() if t.state.is_finished()
     }
     assert len(done_before) == 2
     # The same call again finishes the other two, and trains nothing twice.
-    confirmed = _confirm(tiny, spec, [])
+    confirmed = _confirm(tiny, spec)
     assert [c.number for c in confirmed] == [2, 1]
     assert confirmed[0].values == (0.86, 0.84)
     finished = [
@@ -132,7 +127,7 @@ def test_a_study_without_a_completed_trial_has_nothing_to_confirm(tiny: TinyStud
     spec = tiny.spec()
     tiny.run({0: Script(accuracies=(0.25, 0.25, 0.25), validation_images=2000)}, n_trials=1)
     with pytest.raises(ConfirmationError, match="has no completed trial to confirm"):
-        _confirm(tiny, spec, [])
+        _confirm(tiny, spec)
 
 
 def test_export_confirm_writes_the_winner_with_its_mean_and_runs(
