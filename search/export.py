@@ -189,22 +189,19 @@ def main(argv: Sequence[str] | None = None, *, worker: WorkerEntry = run_worker)
         study_name = (
             load_study_file(Path(args.study)).spec.name if is_study_file(args.study) else args.study
         )
-        number, confirmation = None, None
+        # The study's best first: a missing store, study or completed trial is one line
+        # before anything trains.
+        config = best_config(study_name, args.storage)
+        confirmation = None
         if loaded is not None:
             number, confirmation = _confirm(loaded.spec, args, worker)
-        config = best_config(study_name, args.storage, number)
+            config = best_config(study_name, args.storage, number)
         if confirmation is not None:
             assert config.provenance is not None
             provenance = config.provenance.model_copy(update={"confirmation": confirmation})
             config = config.model_copy(update={"provenance": provenance})
         path = write_export(config, Path(args.output))
-    except (
-        ExportError,
-        StorageError,
-        TrainerInputError,
-        UnknownStudyError,
-        ConfirmationError,
-    ) as error:
+    except _ONE_LINE_ERRORS as error:
         print(f"error: {hide_passwords(str(error))}", file=sys.stderr)
         return 2
     origin = config.provenance
