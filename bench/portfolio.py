@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from bench.corpus import BENCH_SPACE, CORPUS_DIR, TASKS, Corpus, corpus_path
+from bench.corpus import BENCH_SPACE, CORPUS_DIR, PORTFOLIO_TASKS, TASKS, Corpus, corpus_path
 from search.study.portfolio import SHIPPED_PORTFOLIO, PortfolioFile, Recipe
 from trainers.model.backbones import get_backbone
 
@@ -181,7 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m bench.portfolio",
         description="Choose the portfolio of recipes from the benchmark corpora.",
     )
-    parser.add_argument("--tasks", nargs="+", choices=tuple(TASKS), default=list(TASKS))
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=tuple(TASKS),
+        default=list(PORTFOLIO_TASKS),
+        help="the corpora to choose from (default: %(default)s; orientation is held out)",
+    )
     parser.add_argument("--corpus-dir", type=Path, default=CORPUS_DIR)
     parser.add_argument("-o", "--output", type=Path, default=SHIPPED_PORTFOLIO)
     args = parser.parse_args(argv)

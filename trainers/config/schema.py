@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainers.config.messages import describe_validation_error
-from trainers.data.synthetic import FAR_CLASSES
+from trainers.data.synthetic import FAR_CLASSES, ORIENTATION_CLASSES
 from trainers.errors import ConfigError
 from trainers.model.backbones import BACKBONES, get_backbone
 
@@ -41,7 +41,7 @@ AugmentationPolicy = Literal["none", "basic", "randaugment"]
 ClassWeighting = Literal["none", "balanced"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
 ScheduleName = Literal["constant", "cosine"]
-SyntheticTask = Literal["source", "target", "far"]
+SyntheticTask = Literal["source", "target", "far", "orientation"]
 
 TFDS_PREFIX = "tfds:"
 SYNTHETIC_PREFIX = "synthetic:"
@@ -100,9 +100,10 @@ class DataConfig(_Frozen):
                 )
             if isinstance(self.validation, str):
                 raise ValueError("validation: synthetic sources take a held-out fraction")
-            if task == "far" and self.synthetic and self.synthetic.classes > len(FAR_CLASSES):
+            most = {"far": len(FAR_CLASSES), "orientation": ORIENTATION_CLASSES}.get(task)
+            if most is not None and self.synthetic and self.synthetic.classes > most:
                 raise ValueError(
-                    f"synthetic.classes: synthetic:far has {len(FAR_CLASSES)} classes, "
+                    f"synthetic.classes: synthetic:{task} has {most} classes, "
                     f"got {self.synthetic.classes}"
                 )
         elif self.synthetic is not None:

@@ -12,6 +12,12 @@ and hue. Pretraining on the source task taught the backbone to ignore exactly th
 random there), so a head on frozen features stays low and fine-tuning decides, as on a real
 dataset far from ImageNet.
 
+A fourth task, *orientation*, is far in another way, and is kept out of what chooses the
+search's portfolio (`bench.portfolio`) so that it can judge it: its classes are the angle at
+which a bar lies (`ORIENTATION_CLASSES` buckets of 180 degrees), whatever its place, size,
+texture and hue. Pretraining drew every object at a random angle, so the backbone learned to
+ignore exactly that.
+
 Every image depends only on (seed, class index, image index): asking for more images or
 classes never changes the ones already generated.
 
@@ -29,7 +35,7 @@ from typing import Literal
 
 import numpy as np
 
-Task = Literal["source", "target", "far"]
+Task = Literal["source", "target", "far", "orientation"]
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross", "diamond", "bar", "hourglass")
 TEXTURES = ("solid", "striped", "checkered", "dotted", "graded")
@@ -71,6 +77,8 @@ FAR_PLACES = {
 }
 FAR_SIZES = {"small": (0.10, 0.15), "large": (0.22, 0.28)}
 FAR_CLASSES = tuple((size, place) for size, place in itertools.product(FAR_SIZES, FAR_PLACES))
+#: The orientation task's most classes: 15-degree buckets of the bar's angle.
+ORIENTATION_CLASSES = 12
 
 
 def task_classes(task: Task, num_classes: int) -> tuple[SyntheticClass, ...]:
@@ -129,13 +137,14 @@ def render(
     image_size: int,
     rng: np.random.Generator,
     placement: Placement = Placement(),
+    angle_range: tuple[float, float] = (0.0, np.pi),
 ) -> np.ndarray:
     """One uint8 RGB image of `cls`, with its pose, colour and background drawn from `rng`."""
     grid = np.arange(image_size, dtype=np.float32) / image_size
     yy, xx = np.meshgrid(grid, grid, indexing="ij")
     centre_x, centre_y = rng.uniform(placement.centre_low, placement.centre_high)
     radius = float(rng.uniform(*placement.radius))
-    angle = rng.uniform(0, np.pi)
+    angle = rng.uniform(*angle_range)
     dx, dy = xx - centre_x, yy - centre_y
     u = dx * np.cos(angle) + dy * np.sin(angle)
     v = -dx * np.sin(angle) + dy * np.cos(angle)
@@ -164,6 +173,8 @@ def generate(
     """All images of a task, class by class."""
     if task == "far":
         return _generate_far(num_classes, images_per_class, image_size, seed)
+    if task == "orientation":
+        return _generate_orientation(num_classes, images_per_class, image_size, seed)
     classes = task_classes(task, num_classes)
     count = num_classes * images_per_class
     images = np.empty((count, image_size, image_size, 3), np.uint8)
@@ -203,6 +214,33 @@ def _generate_far(
     return SyntheticImages(images, labels, names)
 
 
+def _generate_orientation(
+    num_classes: int, images_per_class: int, image_size: int, seed: int
+) -> SyntheticImages:
+    if not 2 <= num_classes <= ORIENTATION_CLASSES:
+        raise ValueError(
+            f"num_classes must be in 2..{ORIENTATION_CLASSES} for orientation, got {num_classes}"
+        )
+    looks = _catalogue()
+    width = np.pi / num_classes
+    count = num_classes * images_per_class
+    images = np.empty((count, image_size, image_size, 3), np.uint8)
+    labels = np.repeat(np.arange(num_classes, dtype=np.int64), images_per_class)
+    for position, (class_index, image_index) in enumerate(
+        itertools.product(range(num_classes), range(images_per_class))
+    ):
+        rng = np.random.default_rng([seed, 3, class_index, image_index])
+        # Any texture and hue, always a bar: the one shape whose angle shows.
+        drawn = looks[int(rng.integers(len(looks)))]
+        look = SyntheticClass("bar", drawn.texture, drawn.hue)
+        # The middle half of the class's bucket: neighbouring classes never touch.
+        centre = (class_index + 0.5) * width
+        bucket = (centre - width / 4, centre + width / 4)
+        images[position] = render(look, image_size, rng, angle_range=bucket)
+    names = tuple(f"angle-{round(180 * (k + 0.5) / num_classes)}" for k in range(num_classes))
+    return SyntheticImages(images, labels, names)
+
+
 def write_image_folder(
     root: str | Path,
     task: Task,
@@ -228,4 +266,3 @@ def write_image_folder(
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{index:06d}.png")
     return root
-

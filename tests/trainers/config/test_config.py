@@ -157,13 +157,16 @@ def test_source_formats_are_checked() -> None:
     message = _error_for(raw)
     assert (
         "synthetic task 'imagenet' is unknown; allowed: synthetic:source, synthetic:target, "
-        "synthetic:far" in message
+        "synthetic:far, synthetic:orientation" in message
     )
     raw["data"]["source"] = "synthetic:far"
     raw["data"]["synthetic"] = {"classes": 12}
     assert "synthetic.classes: synthetic:far has 10 classes, got 12" in _error_for(raw)
     raw["data"]["synthetic"] = {"classes": 10}
     assert TrainConfig.from_dict(raw).data.source == "synthetic:far"
+    raw["data"]["source"] = "synthetic:orientation"
+    raw["data"]["synthetic"] = {"classes": 13}
+    assert "synthetic.classes: synthetic:orientation has 12 classes, got 13" in _error_for(raw)
     raw["data"]["source"] = "tfds:"
     assert "data.source: 'tfds:' needs a dataset name" in _error_for(raw)
     raw["data"]["source"] = "data/dogs"

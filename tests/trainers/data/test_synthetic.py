@@ -79,3 +79,40 @@ def test_the_far_task_is_where_and_how_big_whatever_the_look() -> None:
     assert np.array_equal(data.images[:60], again.images)
     with pytest.raises(ValueError, match=r"2\.\.10 for far"):
         generate("far", num_classes=11, images_per_class=2, image_size=32)
+
+
+def _bar_angle(image: np.ndarray) -> float:
+    """The angle (radians, 0..pi) of the strongest straight edges of a blurred image: a bar's
+    long sides, from the image's structure tensor."""
+    kernel = np.ones(5) / 5  # blurs the textures away, keeps the bar's outline
+    gray = image.astype(np.float32).mean(axis=2)
+    for axis in (0, 1):
+        gray = np.apply_along_axis(lambda row: np.convolve(row, kernel, mode="same"), axis, gray)
+    gy, gx = np.gradient(gray)
+    gradient = 0.5 * np.arctan2(2 * (gx * gy).sum(), (gx * gx).sum() - (gy * gy).sum())
+    return float((gradient + np.pi / 2) % np.pi)  # edges run across their gradient
+
+
+def test_the_orientation_task_is_the_angle_of_a_bar_whatever_the_look() -> None:
+    data = generate("orientation", num_classes=6, images_per_class=20, image_size=64)
+    assert data.class_names == (
+        "angle-15",
+        "angle-45",
+        "angle-75",
+        "angle-105",
+        "angle-135",
+        "angle-165",
+    )
+    # The bar's angle, read off the pixels by a crude edge estimate, falls in the image's class
+    # bucket far more often than by chance (1 in 6): 80 of 120 images.
+    buckets = [int(_bar_angle(image) // (np.pi / 6)) for image in data.images]
+    assert sum(bucket == label for bucket, label in zip(buckets, data.labels, strict=True)) >= 72
+    # Deterministic, and at most 12 classes.
+    again = generate("orientation", num_classes=2, images_per_class=20, image_size=64)
+    assert not np.array_equal(data.images[:40], again.images)  # 6 buckets are not 2 buckets
+    assert np.array_equal(
+        again.images,
+        generate("orientation", num_classes=2, images_per_class=20, image_size=64).images,
+    )
+    with pytest.raises(ValueError, match=r"2\.\.12 for orientation"):
+        generate("orientation", num_classes=13, images_per_class=2, image_size=32)
