@@ -223,14 +223,15 @@ def test_keras_tuner_samples_every_parameter_of_the_project_space() -> None:
 def test_the_quick_benchmark_runs_the_systems_side_by_side(tmp_path: Path) -> None:
     # Stock KerasTuner's smallest Hyperband (max_epochs 1: one trial of one epoch) sets a budget
     # that one trial of every other system spends: a smoke run (a minute or two of trials)
-    # that can honestly assert only that every system ran and was counted. Random search
-    # and the hand recipe stand for the others (each system costs a model's tracing here).
-    asked = (KERAS_TUNER, SHIPPED, RANDOM, RECIPE)
+    # that can honestly assert only that every system ran and was counted. The engine's
+    # Hyperband, random search and the hand recipe stand for the others (each system costs a
+    # model's tracing here).
+    asked = (KERAS_TUNER, SHIPPED, KERAS_TUNER_ENGINE, RANDOM, RECIPE)
     done = subprocess.run(
         [
             *(sys.executable, "-m", "bench.search_quality"),
             *("--quick", "--max-epochs", "1", "--output", str(tmp_path)),
-            *("--systems", RANDOM, RECIPE),
+            *("--systems", KERAS_TUNER_ENGINE, RANDOM, RECIPE),
         ],
         cwd=REPO,
         capture_output=True,
