@@ -124,13 +124,12 @@ def run_hyperband(
     """One iteration of KerasTuner's Hyperband (factor 3): stock `keras_tuner.Hyperband`, or
     with `engine` the KerasTuner engine's oracle with the demo study's collapse rules."""
     if engine:
-        rules = study_spec(get_study_spec("demo").pruner, space).rules
         hyperband = run_keras_tuner_hyperband(
             space,
             data_source,
             max_epochs=max_epochs,
             seed=seed,
-            rules=rules,
+            rules=get_study_spec("demo").rules,
             on_trial=lambda trial: report(_hyperband_line(trial)),
         )
     else:
