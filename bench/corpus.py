@@ -43,6 +43,13 @@ class Task:
     data_source: str
     images_per_class: int | None = None
 
+    def space_for(self, space: FineTuneSpace) -> FineTuneSpace:
+        """`space` generating this task's images per class."""
+        if self.images_per_class is None:
+            return space
+        synthetic = {**(space.synthetic or {}), "images_per_class": self.images_per_class}
+        return dataclasses.replace(space, synthetic=synthetic)
+
 
 #: The tasks, by name. The small ones hold a third of the images or less, where other recipes
 #: win (fewer units, lower rates): the portfolio is chosen over those four (`PORTFOLIO_TASKS`,
@@ -165,10 +172,7 @@ def build_corpus(
 ) -> Corpus:
     """Train `configurations` configurations of `space` on `task` to completion."""
     data_source = TASKS[task].data_source
-    images = TASKS[task].images_per_class
-    if images is not None:
-        synthetic = {**(space.synthetic or {}), "images_per_class": images}
-        space = dataclasses.replace(space, synthetic=synthetic)
+    space = TASKS[task].space_for(space)
     sampler = optuna.samplers.RandomSampler(seed=seed)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     records: list[CurveRecord] = []

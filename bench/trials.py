@@ -17,9 +17,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 
+from search.engines.rounds import hyperband_round
 from search.pruning.collapse import CollapseRules, EpochView, PruneDecision, find_collapse
 from search.pruning.decision import decide_epoch
 from trainers.config.schema import TrainConfig
@@ -133,3 +135,81 @@ def train_trial(
         result.model.save_weights(save)
     seconds = time.monotonic() - began
     return TrainedTrial(tuple(epochs), seconds, next(iter(stopped_by), None), data)
+
+
+@dataclass(frozen=True)
+class HyperbandTrial:
+    """One KerasTuner Hyperband trial as the benchmark counts it."""
+
+    params: dict[str, object]
+    #: The epochs it trained: only its round's window when it continues an earlier trial.
+    epochs: int
+    seconds: float
+    #: Its best validation accuracy (or, with nothing left to train, its earlier trial's).
+    best: float
+    #: Why the collapse rules pruned it, if they did (a fall after a good epoch stops a trial
+    #: but keeps its best).
+    pruned: str | None
+    continues: bool
+
+    @property
+    def value(self) -> float | None:
+        """What it counts for: its best, unless the collapse rules pruned it."""
+        return None if self.pruned is not None else self.best
+
+
+class HyperbandRounds:
+    """The trials of one KerasTuner Hyperband run, trained round by round in `folder`.
+
+    A trial trains up to its round's `tuner/epochs`; one that continues an earlier trial
+    (`tuner/trial_id`) starts from that trial's best-epoch weights after `tuner/initial_epoch`,
+    as KerasTuner's own Hyperband reloads its checkpoint, and is charged only the epochs it
+    trains; if the earlier trial already trained the whole config, it is charged nothing and
+    counts for the earlier trial's result. The engine's Hyperband and stock KerasTuner's both
+    run their trials here, so a continuation costs them the same.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.best_weights: dict[str, Path] = {}
+        self.results: dict[str, HyperbandTrial] = {}
+
+    def run(
+        self,
+        trial_id: str,
+        values: Mapping[str, Any],
+        params: Mapping[str, object],
+        config: TrainConfig,
+        decide: Decide = _go_on,
+    ) -> HyperbandTrial:
+        """Train the KerasTuner trial `trial_id` (its `values`, `tuner/*` included) on
+        `config`, asking `decide` after every epoch."""
+        round_ = hyperband_round(values)
+        if round_ is None:
+            raise ValueError(f"trial {trial_id} has no Hyperband round: {dict(values)}")
+        earlier = round_.trial_id
+        start = self.best_weights.get(earlier) if earlier is not None else None
+        window = round_.window(start)
+        if earlier is not None and start is not None and window.after_epoch >= config.total_epochs:
+            # Its earlier trial trained the whole config: its result, and its weights for a
+            # later round.
+            inherited = self.results[earlier]
+            counted = HyperbandTrial(
+                dict(params), 0, 0.0, inherited.best, inherited.pruned, continues=True
+            )
+            self.best_weights[trial_id] = start
+        else:
+            weights = self.folder / f"{trial_id}.weights.h5"
+            trained = train_trial(config, decide, window=window, save=weights)
+            if weights.is_file():
+                self.best_weights[trial_id] = weights
+            counted = HyperbandTrial(
+                dict(params),
+                len(trained.epochs),
+                trained.seconds,
+                trained.best,
+                trained.pruned,
+                continues=start is not None,
+            )
+        self.results[trial_id] = counted
+        return counted

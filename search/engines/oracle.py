@@ -137,6 +137,12 @@ def most_epochs(space: FineTuneSpace) -> int:
     return epochs
 
 
+def keras_tuner_seed(seed: int) -> int:
+    """`seed` as KerasTuner's oracles take it: they read 0 as none and draw one at random;
+    numpy's seeds end at 2**32 - 1, which stands for 0 here."""
+    return seed or 2**32 - 1
+
+
 def _write_json(path: str, state: Any) -> None:
     """Write-then-rename: a process killed mid-write leaves the previous file, never half a
     file that `reload` cannot read."""
@@ -181,9 +187,7 @@ def make_oracle(settings: OracleSettings) -> Any:
     common: dict[str, Any] = {
         "objective": keras_tuner.Objective(OBJECTIVE, direction="max"),
         "hyperparameters": declare_space(settings.space),
-        # KerasTuner reads a seed of 0 as none and draws one at random; numpy's seeds end at
-        # 2**32 - 1, which stands for 0 here.
-        "seed": settings.seed or 2**32 - 1,
+        "seed": keras_tuner_seed(settings.seed),
         "max_retries_per_trial": settings.retries,
         # The coordinator stops the study after its own streak of failures (--max-consecutive-
         # failures); KerasTuner's would raise in the middle of a tell.

@@ -8,11 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
-from bench.search_quality import FULL, QUICK, QUICK_SPACE, fingerprint, in_space
+import bench.trials
+from bench.search_quality import FULL, QUICK, QUICK_SPACE, fingerprint, results_name
 from bench.search_results import (
     KERAS_TUNER,
+    KERAS_TUNER_ENGINE,
+    NO_PORTFOLIO,
+    NO_RECIPE,
     RANDOM,
     RECIPE,
     SHIPPED,
@@ -20,14 +25,21 @@ from bench.search_results import (
     SearchTrial,
     SystemRun,
     conclusion,
+    last_line,
     load,
     reach_ratios,
     save,
     table,
 )
+from bench.search_systems import in_space, study_spec
+from bench.trials import HyperbandRounds, TrainedTrial, TrialData
 from search.engines.keras_tuner_space import KerasTunerSuggester, declare_space
+from search.pruning.collapse import EpochView
+from search.study.portfolio import LABEL_PREFIX
 from search.study.registry import DEMO_RECIPE
 from tests.conftest import REPO
+from trainers.config.schema import TrainConfig
+from trainers.fit.window import EpochWindow
 
 
 def _run(system: str, *trials: tuple[int, float | None], seed: int = 0) -> SystemRun:
@@ -49,20 +61,99 @@ def test_a_run_counts_its_best_within_a_budget_and_when_it_reached_a_value() -> 
     assert ASHA.epochs_to_reach(0.5) == 8 and ASHA.epochs_to_reach(0.7) is None
 
 
-def test_the_last_line_is_the_shipped_study_against_keras_tuners_best() -> None:
+def test_the_last_line_is_the_shipped_study_against_stock_keras_tuners_best() -> None:
     runs = [KT, ASHA, MEDIAN]
     assert reach_ratios(runs, "study + asha") == [1.0]
     assert reach_ratios(runs, "study + median") == [math.inf]
-    lines = conclusion(runs, headline="study + asha")
+    lines = conclusion(runs, "far", headline="study + asha")
+    # At 25% of KerasTuner's 8 epochs (2), KerasTuner has 0.3; ASHA's first trial ends at 3.
     assert lines == [
         "study + asha: epochs to reach KerasTuner Hyperband's best: 100%",
         "study + median: epochs to reach KerasTuner Hyperband's best: not reached",
-        "epochs to reach KerasTuner Hyperband's best: 100% of KerasTuner's "
-        "(study + asha, median of 1 seeds)",
+        "epochs to reach KerasTuner Hyperband's best: 100% (median of 1 seeds, far); "
+        "best at 25% of its budget: 0.000 vs 0.300",
     ]
-    assert conclusion(runs, headline="study + median")[-1].startswith(
-        "epochs to reach KerasTuner Hyperband's best: not reached (study + median"
+    assert conclusion(runs, "far", headline="study + median")[-1].startswith(
+        "epochs to reach KerasTuner Hyperband's best: not reached (median of 1 seeds, far)"
     )
+
+
+def test_the_last_line_takes_the_median_over_seeds() -> None:
+    # Seed 0: KerasTuner spends 12 epochs for 0.6 (0.4 after 3, its quarter); the study
+    # reaches 0.6 after 6 epochs (50%) and has 0.5 after 3. Seed 1: 20 epochs for 0.7 (0.2 at
+    # 5); the study reaches it after 5 (25%), 0.7 at 5. Seed 2: never reached; 0.1 vs 0.3.
+    runs = [
+        _run(KERAS_TUNER, (3, 0.4), (9, 0.6), seed=0),
+        _run(SHIPPED, (3, 0.5), (3, 0.6), seed=0),
+        _run(KERAS_TUNER, (5, 0.2), (15, 0.7), seed=1),
+        _run(SHIPPED, (5, 0.7), seed=1),
+        _run(KERAS_TUNER, (4, 0.3), (12, 0.9), seed=2),
+        _run(SHIPPED, (4, 0.1), (12, 0.8), seed=2),
+        _run(KERAS_TUNER_ENGINE, (40, 0.95), seed=0),  # an extra row: no budget, no headline
+    ]
+    assert last_line(runs, "far_small") == (
+        "epochs to reach KerasTuner Hyperband's best: 50% (median of 3 seeds, far_small); "
+        "best at 25% of its budget: 0.500 vs 0.300"
+    )
+    assert conclusion(runs, "far_small")[:2] == [
+        f"{SHIPPED}: epochs to reach KerasTuner Hyperband's best: 50%, 25%, not reached",
+        f"{KERAS_TUNER_ENGINE}: epochs to reach KerasTuner Hyperband's best: 333%",
+    ]
+
+
+def test_stock_keras_tuner_heads_the_systems_and_the_shipped_study_starts_with_the_portfolio() -> (
+    None
+):
+    assert SYSTEMS[0] == KERAS_TUNER
+    assert {SHIPPED, NO_PORTFOLIO, NO_RECIPE, KERAS_TUNER_ENGINE, RANDOM, RECIPE} <= set(SYSTEMS)
+    shipped = study_spec("asha", QUICK_SPACE)
+    before = study_spec("asha", QUICK_SPACE, portfolio=False)
+    alone = study_spec("asha", QUICK_SPACE, recipes=False, portfolio=False)
+    labels = [known.label for known in shipped.enqueued]
+    assert labels[: len(before.enqueued)] == [known.label for known in before.enqueued]
+    assert any(label.startswith(LABEL_PREFIX) for label in labels)
+    assert not any(known.label.startswith(LABEL_PREFIX) for known in before.enqueued)
+    assert alone.enqueued == ()
+    assert shipped.sampler_startup_trials == len(shipped.enqueued)
+
+
+def test_a_continued_hyperband_trial_trains_and_is_charged_only_its_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    windows: list[EpochWindow] = []
+
+    def train(
+        config: TrainConfig,
+        decide: bench.trials.Decide = bench.trials._go_on,
+        *,
+        window: EpochWindow,
+        save: Path | None = None,
+    ) -> TrainedTrial:
+        windows.append(window)
+        first, last = window.after_epoch + 1, window.last_epoch(config)
+        epochs = tuple(EpochView(e, 0, 1.0, e / 10, 1.0) for e in range(first, last + 1))
+        if save is not None and epochs:
+            save.write_text("weights")
+        return TrainedTrial(epochs, float(len(epochs)), None, TrialData(10, 100))
+
+    monkeypatch.setattr(bench.trials, "train_trial", train)
+    config = QUICK_SPACE.sample(_recipe_trial(), "synthetic:far")  # 1 head + 2 fine-tune epochs
+    rounds = HyperbandRounds(tmp_path)
+    first = rounds.run("a", {"tuner/epochs": 1, "tuner/initial_epoch": 0}, {}, config)
+    later = {"tuner/epochs": 3, "tuner/initial_epoch": 1, "tuner/trial_id": "a"}
+    continued = rounds.run("b", later, {}, config)
+    again = {"tuner/epochs": 5, "tuner/initial_epoch": 3, "tuner/trial_id": "b"}
+    nothing_left = rounds.run("c", again, {}, config)
+    assert (first.epochs, continued.epochs, nothing_left.epochs) == (1, 2, 0)
+    assert continued.continues and continued.best == pytest.approx(0.3)
+    assert nothing_left.best == continued.best and len(windows) == 2
+    assert windows[1] == EpochWindow(1, 3, tmp_path / "a.weights.h5")
+
+
+def _recipe_trial() -> optuna.Trial:
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(dict(in_space(DEMO_RECIPE, QUICK_SPACE).params))
+    return study.ask()
 
 
 def test_saved_runs_are_kept_only_for_the_same_space_and_budget(tmp_path: Path) -> None:
@@ -70,14 +161,32 @@ def test_saved_runs_are_kept_only_for_the_same_space_and_budget(tmp_path: Path) 
     assert load(fingerprint(QUICK), path) == [KT, ASHA]
     assert load(fingerprint(dataclasses.replace(QUICK, max_epochs=4)), path) == []
     assert load(fingerprint(FULL), path) == []
+    assert load(fingerprint(dataclasses.replace(QUICK, task="far_small")), path) == []
     assert load(fingerprint(QUICK), tmp_path / "none.json") == []
+    # Each task keeps its own file.
+    assert results_name(QUICK, quick=True) == "search_quality_quick"
+    assert results_name(dataclasses.replace(FULL, task="far_small"), quick=False) == (
+        "search_quality_far_small"
+    )
 
 
 def test_the_table_has_a_row_per_run_and_a_summary_per_system() -> None:
     other_seed = _run(KERAS_TUNER, (4, 0.7), seed=1)
     lines = table([KT, ASHA, other_seed, _run("study + asha", (4, 0.5), seed=1)])
-    assert lines[1].split() == [*KERAS_TUNER.split(), "0", "0.500", "0.500", "8", "4", "4"]
-    assert lines[2].split() == ["study", "+", "asha", "0", "0.550", "0.600", "11", "4", "4"]
+    # Best at 25% of KerasTuner's epochs (2 of 8), at its budget, final; epochs, s, trials.
+    assert lines[1].split() == [*KERAS_TUNER.split(), "0", "0.300", "0.500", "0.500", "8", "4", "4"]
+    assert lines[2].split() == [
+        "study",
+        "+",
+        "asha",
+        "0",
+        "0.000",
+        "0.550",
+        "0.600",
+        "11",
+        "4",
+        "4",
+    ]
     summary = {line.split("  ")[0]: line for line in lines[6:]}
     # Mean ± standard deviation over the two seeds.
     assert "0.600 ± 0.141" in summary[KERAS_TUNER]
@@ -112,16 +221,17 @@ def test_keras_tuner_samples_every_parameter_of_the_project_space() -> None:
 
 @pytest.mark.slow
 def test_the_quick_benchmark_runs_the_systems_side_by_side(tmp_path: Path) -> None:
-    # KerasTuner's smallest Hyperband (max_epochs 1: one trial of one epoch) sets a budget
+    # Stock KerasTuner's smallest Hyperband (max_epochs 1: one trial of one epoch) sets a budget
     # that one trial of every other system spends: a smoke run (a minute or two of trials)
-    # that can honestly assert only that every system ran and was counted. Random search
-    # and the hand recipe stand for the others (each system costs a model's tracing here).
-    asked = (KERAS_TUNER, SHIPPED, RANDOM, RECIPE)
+    # that can honestly assert only that every system ran and was counted. The engine's
+    # Hyperband, random search and the hand recipe stand for the others (each system costs a
+    # model's tracing here).
+    asked = (KERAS_TUNER, SHIPPED, KERAS_TUNER_ENGINE, RANDOM, RECIPE)
     done = subprocess.run(
         [
             *(sys.executable, "-m", "bench.search_quality"),
             *("--quick", "--max-epochs", "1", "--output", str(tmp_path)),
-            *("--systems", RANDOM, RECIPE),
+            *("--systems", KERAS_TUNER_ENGINE, RANDOM, RECIPE),
         ],
         cwd=REPO,
         capture_output=True,
@@ -143,5 +253,6 @@ def test_the_quick_benchmark_runs_the_systems_side_by_side(tmp_path: Path) -> No
         # than a trial's length; the hand recipe is one trial.
         assert (budget <= spent < budget + 3) if system != RECIPE else spent == 3
     assert lines[-1].startswith("epochs to reach KerasTuner Hyperband's best: ")
+    assert "(median of 1 seeds, far); best at 25% of its budget: " in lines[-1]
     assert (tmp_path / "search_quality_quick.png").stat().st_size > 10_000
     assert (tmp_path / "search_quality_quick.json").exists()
