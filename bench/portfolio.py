@@ -18,7 +18,8 @@ still adds the chance that it is the better one, and one far below adds nothing.
 `MAX_RECIPES`, or once a recipe adds less than `MIN_GAIN` and the portfolio has `MIN_RECIPES`.
 
 Each chosen configuration is written as a `Recipe` that moves to any backbone and ranges
-(`search.study.portfolio`), to `search/study/portfolio.yaml` by default, with its scores.
+(`search.study.portfolio`), to `search/study/portfolio.yaml` by default, with its scores, in
+the order a study runs them: the best alone first (`run_order`).
 """
 
 from __future__ import annotations
@@ -108,6 +109,25 @@ def choose(
         chosen.append(pick)
         portfolio.append((found[pick], expected(chosen)))
     return portfolio
+
+
+def mean_score(candidate: Candidate, corpora: Sequence[Corpus]) -> float:
+    """The candidate's score alone: its best per task, scaled from the task's worst
+    configuration (0) to its best (1), averaged over the tasks."""
+    scores = []
+    for corpus in corpora:
+        bests = [record.best for record in corpus.records]
+        low, high = min(bests), max(bests)
+        scores.append((candidate.best[corpus.task] - low) / (high - low) if high > low else 1.0)
+    return float(np.mean(scores))
+
+
+def run_order(
+    chosen: Sequence[tuple[Candidate, float]], corpora: Sequence[Corpus]
+) -> list[Candidate]:
+    """The chosen candidates, best alone first: a study runs them in this order, so its best
+    chance at a good model comes within the first few epochs."""
+    return sorted((c for c, _ in chosen), key=lambda c: -mean_score(c, corpora))
 
 
 def recipe_of(candidate: Candidate, corpora: Sequence[Corpus]) -> Recipe:
@@ -206,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: the corpora share no configuration to choose from", file=sys.stderr)
         return 2
     chosen = choose(found, corpora)
-    recipes = [recipe_of(candidate, corpora) for candidate, _ in chosen]
+    # Written in the order a study runs them: the best alone first (`run_order`).
+    recipes = [recipe_of(candidate, corpora) for candidate in run_order(chosen, corpora)]
     tasks = ", ".join(
         f"{c.task} ({c.data_source}, {len(c.records)} configurations, "
         f"{c.validation_images} validation images)"
@@ -217,8 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{BENCH_SPACE.backbone} trained to completion on {tasks}"
     )
     print(f"{len(found)} configurations on {len(corpora)} tasks: {', '.join(args.tasks)}")
-    for (_, score), recipe in zip(chosen, recipes, strict=True):
-        print(f"  {recipe.name:<32} expected score {score:.3f}  {recipe.why}")
+    for candidate, score in chosen:
+        name = recipe_of(candidate, corpora).name
+        print(f"  {name:<32} expected score {score:.3f}  {recipe_of(candidate, corpora).why}")
+    print(f"run order: {', '.join(recipe.name for recipe in recipes)}")
     print(f"wrote {write(recipes, source, args.output)}")
     alone = math.nan if not chosen else chosen[0][1]
     print(

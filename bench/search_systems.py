@@ -42,8 +42,8 @@ def study_spec(
     pruner: str, space: FineTuneSpace, *, recipes: bool = True, portfolio: bool = True
 ) -> StudySpec:
     """The demo study with the benchmark's space: its sampler, rules and `pruner`, warming up
-    over the space's longest head phase; its own recipes first unless not `recipes`, then,
-    unless not `portfolio`, the shipped portfolio placed on the space, as users get it."""
+    over the space's longest head phase; unless not `portfolio`, the shipped portfolio placed
+    on the space first, as users get it, then its own recipes unless not `recipes`."""
     demo = get_study_spec("demo")
     spec = dataclasses.replace(
         demo,
@@ -61,7 +61,7 @@ def run_project_study(
     spec: StudySpec, data_source: str, *, budget: int, seed: int, report: Progress
 ) -> list[SearchTrial]:
     """The project's study as the coordinator runs it, one trial at a time, until it has spent
-    `budget` epochs: enqueued trials first (its recipes, the portfolio), then TPE; the collapse
+    `budget` epochs: enqueued trials first (the portfolio, its recipes), then TPE; the collapse
     rules, then the pruner."""
     study = optuna.create_study(
         direction="maximize", sampler=spec.make_sampler(seed), pruner=spec.make_pruner()

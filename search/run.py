@@ -124,7 +124,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--portfolio",
         metavar="shipped|none|FILE",
-        help="the recipes tried first, after the study's own (default: the study file's, else "
+        help="the recipes tried first, before the study's own (default: the study file's, else "
         "shipped; docs/studies.md); the Optuna engine only",
     )
     parser.add_argument(

@@ -73,7 +73,7 @@ def space_lines(spec: StudySpec, placements: Sequence[Placement] = ()) -> list[s
     ]
     if placements:
         lines.append(
-            f"  portfolio    {portfolio} recipes after them (docs/studies.md; --portfolio none "
+            f"  portfolio    {portfolio} recipes before them (docs/studies.md; --portfolio none "
             "turns it off):"
         )
         lines += [f"    {placement.describe()}" for placement in placements]

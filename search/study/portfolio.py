@@ -20,9 +20,11 @@ What a recipe does not say (weight decay, drop-connect, augmentation, label smoo
 takes the space's mildest value: the least decay, drop-connect 0.2, no augmentation, no
 smoothing, no L2-SP.
 
-`with_portfolio` appends the placed recipes to a study's enqueued trials (after the study's
-own: a config the user knows for this data is the more specific prior) and sizes the sampler's
-start-up to them, so TPE models from the portfolio's results on instead of from random draws.
+`with_portfolio` puts the placed recipes before a study's own enqueued trials, in the file's
+order (best first), and sizes the sampler's start-up to all of them, so TPE models from their
+results on instead of from random draws. First, because the portfolio is what makes a study
+good early on any task: its best recipe is done within the first few epochs of the budget
+(`bench.search_quality` on a held-out task), and the study's own configs run right after.
 Only the Optuna engine runs enqueued trials; a KerasTuner oracle proposes its own.
 """
 
@@ -162,8 +164,8 @@ def place(recipe: Recipe, space: FineTuneSpace) -> Placement:
 def place_all(
     recipes: Sequence[Recipe], space: FineTuneSpace, taken: Sequence[Mapping[str, Any]] = ()
 ) -> tuple[Placement, ...]:
-    """Every recipe placed on `space`; one that lands where an earlier trial (`taken`, then
-    the recipes before it) already is, is skipped."""
+    """Every recipe placed on `space`; one that lands where another first trial is (one of
+    `taken`, the study's own, or a recipe before it) is skipped."""
     seen = [dict(params) for params in taken]
     placed = []
     for recipe in recipes:
@@ -171,7 +173,9 @@ def place_all(
         params = placement.params
         if params is not None:
             if dict(params) in seen:
-                placement = Placement(recipe, None, "the same trial as one before it here")
+                placement = Placement(
+                    recipe, None, "the same trial as another the study runs first"
+                )
             else:
                 seen.append(dict(params))
         placed.append(placement)
@@ -181,8 +185,8 @@ def place_all(
 def with_portfolio(
     spec: StudySpec, portfolio: Path | None
 ) -> tuple[StudySpec, tuple[Placement, ...]]:
-    """`spec` with the portfolio's recipes after its own enqueued trials and a sampler that
-    starts modelling once they are done, and where each recipe landed (or why it is skipped).
+    """`spec` with the portfolio's recipes before its own enqueued trials and a sampler that
+    starts modelling once they are all done, and where each recipe landed (or why not).
     No portfolio, or a space other than a `FineTuneSpace`, leaves `spec` as it is."""
     recipes = load_portfolio(portfolio)
     if not recipes or not isinstance(spec.space, FineTuneSpace):
@@ -194,7 +198,7 @@ def with_portfolio(
         for placement in placements
         if placement.params is not None
     )
-    enqueued = (*spec.enqueued, *added)
+    enqueued = (*added, *spec.enqueued)
     # TPE counts enqueued trials as start-up trials: with the portfolio it models from their
     # results on, instead of after random draws.
     started = replace(spec, enqueued=enqueued, sampler_startup_trials=max(1, len(enqueued)))

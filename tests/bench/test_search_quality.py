@@ -110,8 +110,10 @@ def test_stock_keras_tuner_heads_the_systems_and_the_shipped_study_starts_with_t
     before = study_spec("asha", QUICK_SPACE, portfolio=False)
     alone = study_spec("asha", QUICK_SPACE, recipes=False, portfolio=False)
     labels = [known.label for known in shipped.enqueued]
-    assert labels[: len(before.enqueued)] == [known.label for known in before.enqueued]
-    assert any(label.startswith(LABEL_PREFIX) for label in labels)
+    # The portfolio first, then the study's own recipes.
+    own = len(before.enqueued)
+    assert labels[-own:] == [known.label for known in before.enqueued]
+    assert labels[:-own] and all(label.startswith(LABEL_PREFIX) for label in labels[:-own])
     assert not any(known.label.startswith(LABEL_PREFIX) for known in before.enqueued)
     assert alone.enqueued == ()
     assert shipped.sampler_startup_trials == len(shipped.enqueued)

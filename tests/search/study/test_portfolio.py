@@ -128,7 +128,7 @@ def test_a_narrowed_space_moves_recipes_to_its_nearest_point_or_skips_them(
     assert fixed.skipped == "freeze_bn false is fixed to true here"
     # A recipe that lands where an earlier one did is not run twice.
     again = place_all((PROBE, PROBE.model_copy(update={"name": "probe_again"})), space)
-    assert again[1].skipped == "the same trial as one before it here"
+    assert again[1].skipped == "the same trial as another the study runs first"
 
 
 def test_the_portfolio_runs_after_the_studys_own_and_sizes_the_start_up() -> None:
@@ -136,9 +136,10 @@ def test_the_portfolio_runs_after_the_studys_own_and_sizes_the_start_up() -> Non
     started, placements = with_portfolio(spec, SHIPPED_PORTFOLIO)
     placed = [p for p in placements if p.params is not None]
     labels = [known.label for known in started.enqueued]
-    assert labels[: len(spec.enqueued)] == [known.label for known in spec.enqueued]
-    assert labels[len(spec.enqueued) :] == [p.label for p in placed]
-    assert all(label.startswith(LABEL_PREFIX) for label in labels[len(spec.enqueued) :])
+    # The portfolio first, in its file's order (best first), then the study's own.
+    assert labels[: len(placed)] == [p.label for p in placed]
+    assert all(label.startswith(LABEL_PREFIX) for label in labels[: len(placed)])
+    assert labels[len(placed) :] == [known.label for known in spec.enqueued]
     # TPE models from the trials tried first on: no random draws after them.
     assert started.sampler_startup_trials == len(spec.enqueued) + len(placed)
     sampler = started.make_sampler()
@@ -189,7 +190,7 @@ def test_the_listing_shows_the_portfolio_as_it_applies(
     lines = capsys.readouterr().out.splitlines()
     recipes = load_portfolio(SHIPPED_PORTFOLIO)
     header = next(line for line in lines if line.startswith("  portfolio    "))
-    assert header.startswith(f"  portfolio    {len(recipes)} recipes after them")
+    assert header.startswith(f"  portfolio    {len(recipes)} recipes before them")
     shown = lines[lines.index(header) + 1 : lines.index(header) + 1 + len(recipes)]
     assert [line.split(":")[0].strip() for line in shown] == [r.name for r in recipes]
     assert any("unfreeze_level 0" in line for line in shown)
