@@ -132,6 +132,8 @@ def confirm(
     workers: int = 1,
     log: Callable[[str], None] = print,
     worker: WorkerEntry = run_worker,
+    heartbeat_interval: int = 10,
+    grace_period: int = 60,
 ) -> list[Confirmed]:
     """Re-train the study's `candidates` best trials with `seeds` other seeds each (or finish
     doing so), and return them, the best mean first."""
@@ -145,6 +147,9 @@ def confirm(
         tracking_uri=tracking_uri,
         output_dir=output_dir,
         workers=workers,
+        # A re-run whose coordinator died is failed and run again after `grace_period`.
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
     )
     run_study(confirmation_spec(spec, best, seeds), settings, log=log, worker=worker)
     reruns = optuna.load_study(study_name=f"{spec.name}{SUFFIX}", storage=storage)

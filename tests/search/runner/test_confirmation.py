@@ -4,12 +4,17 @@ resumed after an interruption without training anything twice."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import optuna
 import pytest
 from mlflow import MlflowClient
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from search import export
 from search.runner.confirmation import SUFFIX, ConfirmationError, Confirmed, confirm
@@ -163,3 +168,67 @@ def test_export_confirm_writes_the_winner_with_its_mean_and_runs(
     assert export.main([*args[:-4], "--confirm", "0"]) == 2
     assert capsys.readouterr().err.startswith("error: --confirm, --confirm-seeds and --workers")
     assert not (tiny.folder / "best.yaml").exists()
+
+
+def _confirm_in_a_process(tiny: TinyStudy, spec: StudySpec) -> None:
+    """The confirmation of the tests above, its last two re-runs slow (a second an epoch)."""
+    slow = {n: replace(script, seconds_per_epoch=1.0) for n, script in RERUN_SCRIPTS.items()}
+    confirm(
+        spec,
+        candidates=2,
+        seeds=2,
+        storage=tiny.storage,
+        tracking_uri=tiny.tracking_uri,
+        output_dir=tiny.folder / "confirm",
+        log=lambda _line: None,
+        worker=ScriptedWorker({**RERUN_SCRIPTS, 2: slow[2], 3: slow[3]}),
+        heartbeat_interval=1,
+        grace_period=60,
+    )
+
+
+def test_a_killed_confirmation_resumes_and_reruns_what_it_left_running(tiny: TinyStudy) -> None:
+    spec = _study(tiny)
+    process = multiprocessing.get_context("spawn").Process(
+        target=_confirm_in_a_process, args=(tiny, spec)
+    )
+    process.start()
+    name = f"{spec.name}{SUFFIX}"
+    deadline = time.monotonic() + 120
+    running: list[FrozenTrial] = []
+    while time.monotonic() < deadline and not running:
+        time.sleep(0.2)
+        if name not in optuna.get_all_study_names(tiny.storage):
+            continue
+        trials = optuna.load_study(study_name=name, storage=tiny.storage).get_trials()
+        finished = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [t for t in trials if t.state == TrialState.RUNNING] if len(finished) >= 2 else []
+    assert running, "the confirmation never reached its slow re-runs"
+    killed = running[0].number  # the third re-run, or the fourth on a slow machine
+    os.kill(process.pid, signal.SIGKILL)  # the coordinator dies mid-re-run, nothing closed
+    process.join(30)
+    # The same confirmation again: the dead coordinator's re-run is failed as stale (after the
+    # grace period) and run again; the finished ones are kept.
+    confirmed = confirm(
+        spec,
+        candidates=2,
+        seeds=2,
+        storage=tiny.storage,
+        tracking_uri=tiny.tracking_uri,
+        output_dir=tiny.folder / "confirm",
+        log=lambda _line: None,
+        # The re-run of the stale one is the study's trial 4: it plays what that one played.
+        worker=ScriptedWorker({**RERUN_SCRIPTS, 4: RERUN_SCRIPTS[killed]}),
+        heartbeat_interval=1,
+        grace_period=2,
+    )
+    assert [c.number for c in confirmed] == [2, 1] and confirmed[0].values == (0.86, 0.84)
+    trials = optuna.load_study(study_name=name, storage=tiny.storage).get_trials()
+    complete = sorted(
+        t.user_attrs[TrialAttr.ENQUEUED] for t in trials if t.state == TrialState.COMPLETE
+    )
+    assert complete == ["trial 1 seed 1", "trial 1 seed 2", "trial 2 seed 1", "trial 2 seed 2"]
+    # The one it left running was failed as stale and re-run once, as trial 4.
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [killed]
+    (rerun,) = [t for t in trials if t.user_attrs.get(TrialAttr.RETRY_OF) == killed]
+    assert (rerun.number, rerun.user_attrs[TrialAttr.RETRY_REASON]) == (4, "stale_heartbeat")
