@@ -50,7 +50,12 @@ def _study(tiny: TinyStudy) -> StudySpec:
 
 
 def _confirm(
-    tiny: TinyStudy, spec: StudySpec, log: Callable[[str], None] = lambda _line: None
+    tiny: TinyStudy,
+    spec: StudySpec,
+    log: Callable[[str], None] = lambda _line: None,
+    *,
+    worker: ScriptedWorker | None = None,
+    grace_period: int = 60,
 ) -> list[Confirmed]:
     """The 2 best trials of `tiny`'s study, re-run with 2 other seeds each."""
     return confirm(
@@ -61,7 +66,9 @@ def _confirm(
         tracking_uri=tiny.tracking_uri,
         output_dir=tiny.folder / "confirm",
         log=log,
-        worker=ScriptedWorker(RERUN_SCRIPTS),
+        worker=worker or ScriptedWorker(RERUN_SCRIPTS),
+        heartbeat_interval=1,
+        grace_period=grace_period,
     )
 
 
@@ -172,19 +179,8 @@ def test_export_confirm_writes_the_winner_with_its_mean_and_runs(
 
 def _confirm_in_a_process(tiny: TinyStudy, spec: StudySpec) -> None:
     """The confirmation of the tests above, its last two re-runs slow (a second an epoch)."""
-    slow = {n: replace(script, seconds_per_epoch=1.0) for n, script in RERUN_SCRIPTS.items()}
-    confirm(
-        spec,
-        candidates=2,
-        seeds=2,
-        storage=tiny.storage,
-        tracking_uri=tiny.tracking_uri,
-        output_dir=tiny.folder / "confirm",
-        log=lambda _line: None,
-        worker=ScriptedWorker({**RERUN_SCRIPTS, 2: slow[2], 3: slow[3]}),
-        heartbeat_interval=1,
-        grace_period=60,
-    )
+    slow = {n: replace(RERUN_SCRIPTS[n], seconds_per_epoch=1.0) for n in (2, 3)}
+    _confirm(tiny, spec, worker=ScriptedWorker({**RERUN_SCRIPTS, **slow}))
 
 
 def test_a_killed_confirmation_resumes_and_reruns_what_it_left_running(tiny: TinyStudy) -> None:
@@ -209,19 +205,9 @@ def test_a_killed_confirmation_resumes_and_reruns_what_it_left_running(tiny: Tin
     process.join(30)
     # The same confirmation again: the dead coordinator's re-run is failed as stale (after the
     # grace period) and run again; the finished ones are kept.
-    confirmed = confirm(
-        spec,
-        candidates=2,
-        seeds=2,
-        storage=tiny.storage,
-        tracking_uri=tiny.tracking_uri,
-        output_dir=tiny.folder / "confirm",
-        log=lambda _line: None,
-        # The re-run of the stale one is the study's trial 4: it plays what that one played.
-        worker=ScriptedWorker({**RERUN_SCRIPTS, 4: RERUN_SCRIPTS[killed]}),
-        heartbeat_interval=1,
-        grace_period=2,
-    )
+    # The re-run of the stale one is the study's trial 4: it plays what that one played.
+    rerun_worker = ScriptedWorker({**RERUN_SCRIPTS, 4: RERUN_SCRIPTS[killed]})
+    confirmed = _confirm(tiny, spec, worker=rerun_worker, grace_period=2)
     assert [c.number for c in confirmed] == [2, 1] and confirmed[0].values == (0.86, 0.84)
     trials = optuna.load_study(study_name=name, storage=tiny.storage).get_trials()
     complete = sorted(
