@@ -194,22 +194,40 @@ def _far_placement(size: str, place: str) -> Placement:
     return Placement((x - jitter, y - jitter), (x + jitter, y + jitter), FAR_SIZES[size])
 
 
+def _draw_classes(
+    num_classes: int,
+    images_per_class: int,
+    seed: int,
+    task_index: int,
+    draw: Callable[[int, np.random.Generator], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of a task whose classes are not looks, and its labels: `draw` renders one
+    image of a class from the image's own generator, seeded by (seed, task, class, image)."""
+    images = np.stack(
+        [
+            draw(class_index, np.random.default_rng([seed, task_index, class_index, image_index]))
+            for class_index, image_index in itertools.product(
+                range(num_classes), range(images_per_class)
+            )
+        ]
+    )
+    labels = np.repeat(np.arange(num_classes, dtype=np.int64), images_per_class)
+    return images, labels
+
+
 def _generate_far(
     num_classes: int, images_per_class: int, image_size: int, seed: int
 ) -> SyntheticImages:
     if not 2 <= num_classes <= len(FAR_CLASSES):
         raise ValueError(f"num_classes must be in 2..{len(FAR_CLASSES)} for far, got {num_classes}")
     looks = _catalogue()
-    count = num_classes * images_per_class
-    images = np.empty((count, image_size, image_size, 3), np.uint8)
-    labels = np.repeat(np.arange(num_classes, dtype=np.int64), images_per_class)
-    for position, (class_index, image_index) in enumerate(
-        itertools.product(range(num_classes), range(images_per_class))
-    ):
-        rng = np.random.default_rng([seed, 2, class_index, image_index])
+
+    def draw(class_index: int, rng: np.random.Generator) -> np.ndarray:
         look = looks[int(rng.integers(len(looks)))]
         placement = _far_placement(*FAR_CLASSES[class_index])
-        images[position] = render(look, image_size, rng, placement)
+        return render(look, image_size, rng, placement)
+
+    images, labels = _draw_classes(num_classes, images_per_class, seed, 2, draw)
     names = tuple(f"{size}-{place}" for size, place in FAR_CLASSES[:num_classes])
     return SyntheticImages(images, labels, names)
 
@@ -223,20 +241,16 @@ def _generate_orientation(
         )
     looks = _catalogue()
     width = np.pi / num_classes
-    count = num_classes * images_per_class
-    images = np.empty((count, image_size, image_size, 3), np.uint8)
-    labels = np.repeat(np.arange(num_classes, dtype=np.int64), images_per_class)
-    for position, (class_index, image_index) in enumerate(
-        itertools.product(range(num_classes), range(images_per_class))
-    ):
-        rng = np.random.default_rng([seed, 3, class_index, image_index])
+
+    def draw(class_index: int, rng: np.random.Generator) -> np.ndarray:
         # Any texture and hue, always a bar: the one shape whose angle shows.
         drawn = looks[int(rng.integers(len(looks)))]
         look = SyntheticClass("bar", drawn.texture, drawn.hue)
         # The middle half of the class's bucket: neighbouring classes never touch.
         centre = (class_index + 0.5) * width
-        bucket = (centre - width / 4, centre + width / 4)
-        images[position] = render(look, image_size, rng, angle_range=bucket)
+        return render(look, image_size, rng, angle_range=(centre - width / 4, centre + width / 4))
+
+    images, labels = _draw_classes(num_classes, images_per_class, seed, 3, draw)
     names = tuple(f"angle-{round(180 * (k + 0.5) / num_classes)}" for k in range(num_classes))
     return SyntheticImages(images, labels, names)
 
