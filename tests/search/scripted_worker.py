@@ -3,7 +3,8 @@
 The coordinator spawns it exactly as it spawns `search.runner.worker.run_worker` (a fresh process,
 the same pipe, the same messages), but instead of training a Keras model it plays a script: these
 validation accuracies, then finish; or NaN at epoch 2; or die at epoch 1; or fail with a given
-reason. It imports no TensorFlow, so a coordinator test runs in seconds, not minutes. A `gpu_oom` in
+reason; where a Hyperband round asks for the best epoch's weights, it leaves a file standing for
+them. It imports no TensorFlow, so a coordinator test runs in seconds, not minutes. A `gpu_oom` in
 FINETUNE_SEARCH_FAULTS (`search.runner.faults`) strikes it as it strikes the real worker.
 """
 
@@ -16,6 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 from search.runner.faults import faults_for
 from search.runner.protocol import Epoch, Failed, Finished, Started, Stop, WorkerRequest
@@ -61,6 +63,14 @@ class Script:
         }
 
 
+def _leave_weights(request: WorkerRequest) -> None:
+    """A file where the real worker saves its best epoch's weights when asked, so that a later
+    Hyperband round continues this trial as it would a trained one."""
+    if request.save_weights is not None:
+        Path(request.save_weights).parent.mkdir(parents=True, exist_ok=True)
+        Path(request.save_weights).write_bytes(b"scripted weights")
+
+
 @dataclass(frozen=True)
 class ScriptedWorker:
     """Plays `scripts[trial number]` (or `default`) in the spawned worker process."""
@@ -75,8 +85,11 @@ class ScriptedWorker:
         for fault in faults_for(request.trial_number, config.batch_size):
             if fault.kind == Reason.GPU_OOM:  # as the real worker's injected OOM
                 script = replace(script, fail=Reason.GPU_OOM, fail_after=fault.epoch)
+        window = request.window
         with open(request.log_path, "a", encoding="utf-8") as log:  # as the real worker's log
             log.write(f"trial {request.trial_number}: scripted worker pid {os.getpid()}\n")
+            if window.initial_weights is not None:
+                log.write(f"initial weights: {window.initial_weights}\n")
         try:
             connection.send(
                 Started(script.num_classes, 32, script.validation_images, request.config_yaml)
@@ -89,7 +102,6 @@ class ScriptedWorker:
                         return  # the coordinator was killed: no one to train for
                     time.sleep(0.1)
             # The request's window of global epochs (a Hyperband round), played from the script.
-            window = request.window
             last = min(epochs, window.until_epoch or epochs, len(script.accuracies))
             for index in range(window.after_epoch, last):
                 if script.fail is not None and index == script.fail_after:
@@ -104,11 +116,13 @@ class ScriptedWorker:
                     with open(request.log_path, "a", encoding="utf-8") as log:
                         log.write(f"stopped by the coordinator after epoch {index + 1}: ")
                         log.write(f"{reply.reason}\n")
+                    _leave_weights(request)
                     connection.send(Finished("requested", reply.reason))
                     return
             if script.fail is not None:
                 connection.send(Failed(script.fail, f"scripted {script.fail}"))
                 return
+            _leave_weights(request)
             connection.send(Finished("completed", None))
         except (EOFError, OSError):
             pass  # the coordinator is gone

@@ -3,6 +3,8 @@ with and without the caches, and a worker that saves its best epoch's weights fo
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -69,14 +71,27 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def first_run(
     tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
 ) -> tuple[FitResult, Path, list[str]]:
-    """Epochs 1-3 of the config, its best epoch's weights saved for the continuation."""
+    """Epochs 1-3 of the config, its best epoch's weights saved for the continuation the way
+    the worker saves them when a Hyperband round asks (`save_weights`); the worker's line is
+    the last of `lines`."""
     lines: list[str] = []
     result = fit(
         _config(), window=EpochWindow(until_epoch=3), log=lines.append, cache_dir=cache_dir
     )
     weights = tmp_path_factory.mktemp("first") / "best.weights.h5"
-    result.model.save_weights(weights)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        _save_best_weights(WorkerRequest(7, "", "", save_weights=str(weights)), result)
+    lines.append(printed.getvalue().strip())
     return result, weights, lines
+
+
+@pytest.mark.slow
+def test_the_worker_saves_the_best_epochs_weights_whole(first_run: Any) -> None:
+    result, weights, lines = first_run
+    # One line saying which epoch's weights went where, and no temporary file beside them.
+    assert lines[-1] == f"trial 7: saved epoch {result.best_epoch}'s weights to {weights}"
+    assert [path.name for path in weights.parent.iterdir()] == [weights.name]
 
 
 @pytest.mark.slow
