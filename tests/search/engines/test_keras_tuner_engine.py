@@ -54,10 +54,17 @@ def search_command(folder: Path, oracle: str, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def scripted_search(folder: Path, oracle: str, *extra: str) -> CoordinatorProcess:
+def scripted_search(
+    folder: Path, oracle: str, *extra: str, seconds_per_epoch: float = 0.3
+) -> CoordinatorProcess:
     """The `search.run` command, its workers scripted, started in `folder`."""
     command = search_command(folder, oracle, *extra)
-    return CoordinatorProcess(command, folder, module="tests.search.scripted_run")
+    return CoordinatorProcess(
+        command,
+        folder,
+        {"SCRIPTED_SECONDS_PER_EPOCH": str(seconds_per_epoch)},
+        module="tests.search.scripted_run",
+    )
 
 
 def load(folder: Path) -> optuna.Study:
@@ -275,9 +282,12 @@ def test_random_and_bayesian_oracles(tmp_path: Path) -> None:
 
 def test_hyperband_iterates_until_the_budget_ends_the_study(tmp_path: Path) -> None:
     # One iteration of the smoke space's brackets costs 11 epochs (3 x 1, 1 x 2, 2 x 3); a
-    # budget of 15 runs into a second, and the budget, not the oracle, ends the study. The
-    # workers play scripted epochs, honouring each round's window.
-    coordinator = scripted_search(tmp_path, "hyperband", "--budget-epochs", "15")
+    # budget of 12 runs into a second, and the budget, not the oracle, ends the study. The
+    # workers play scripted epochs, honouring each round's window; nothing here needs them
+    # to overlap, so they are quick.
+    coordinator = scripted_search(
+        tmp_path, "hyperband", "--budget-epochs", "12", seconds_per_epoch=0.05
+    )
     try:
         assert coordinator.finish() == 0, coordinator.output
     finally:
@@ -285,7 +295,7 @@ def test_hyperband_iterates_until_the_budget_ends_the_study(tmp_path: Path) -> N
     trials = finished(load(tmp_path))
     assert len(trials) > HYPERBAND_TRIALS
     spent = sum(trial.user_attrs[TrialAttr.EPOCHS_SPENT] for trial in trials)
-    assert spent >= 15
+    assert spent >= 12
     study_line = [
         line for line in coordinator.output.splitlines() if line.startswith("study smoke: ")
     ][-1]
