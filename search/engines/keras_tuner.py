@@ -46,6 +46,7 @@ from search.engines.oracle import (
 from search.engines.oracle_results import NOT_TOLD, OracleResult, oracle_result, recorded_result
 from search.engines.rounds import hyperband_round, round_plan
 from search.reporting.console import Log
+from search.runner.spawning import start_without_main
 from search.study.registry import StudySpec
 from search.study.setup import StudyMismatchError
 from search.trial.closing import Ending
@@ -158,7 +159,7 @@ class KerasTunerEngine:
         self.process = context.Process(
             target=serve, args=(theirs, settings), name="keras-tuner-oracle", daemon=True
         )
-        self.process.start()
+        start_without_main(self.process)
         theirs.close()
         self.connection: Connection = ours
         self.ready: OracleReady | None = None

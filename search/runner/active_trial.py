@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from search.pruning.collapse import EpochView, PruneDecision
 from search.runner.protocol import Epoch, Failed, Finished, WorkerMessage, WorkerRequest
+from search.runner.spawning import start_without_main
 from search.trial.closing import Ending, Verdict
 from search.vocabulary import Reason
 from trainers.config.schema import TrainConfig
@@ -107,7 +108,7 @@ def spawn_worker(
         name=f"trial-{request.trial_number}",
         daemon=True,
     )
-    process.start()
+    start_without_main(process)
     theirs.close()  # the worker holds its end; EOF on ours then means it is gone
     return process, ours
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from search.runner.protocol import WorkerRequest
+from search.runner.spawning import start_without_main
 
 if TYPE_CHECKING:  # the standby process itself need not import Optuna
     from search.runner.active_trial import WorkerEntry
@@ -125,7 +126,7 @@ class Standbys:
             name=f"standby-{slot}",
             daemon=True,
         )
-        process.start()
+        start_without_main(process)
         theirs.close()
         self.by_environment[key] = _Standby(process, ours)
 

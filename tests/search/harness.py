@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from search.study.budget import Limits, budget
+from search.trial.retry import retry_params
 from search.vocabulary import TrialAttr
 from tests.conftest import REPO
 
@@ -116,6 +117,7 @@ class Snapshot:
 
     states: dict[int, TrialState]
     values: dict[int, float | None]
+    #: Each trial's parameters with those it was queued with (`retry_params`).
     params: dict[int, dict[str, object]]
     user_attrs: dict[int, dict[str, object]]
     used: int
@@ -147,7 +149,7 @@ def snapshot(study_name: str, storage: str, tracking_uri: str, target: int) -> S
     result = Snapshot(
         states={t.number: t.state for t in trials},
         values={t.number: t.value for t in trials},
-        params={t.number: dict(t.params) for t in trials},
+        params={t.number: retry_params(t) for t in trials},
         user_attrs={t.number: dict(t.user_attrs) for t in trials},
         used=budget(study, Limits(target)).used,
     )
@@ -199,7 +201,9 @@ def check_final_invariants(final: Snapshot, target: int) -> None:
         ]
         assert len(finished_ok) <= 1, chain
         # A re-run keeps every parameter of the original; an original cut off before its
-        # space finished sampling (a lost database connection) has fewer, sampled anew.
+        # space finished sampling (a lost database connection) has fewer, sampled anew. A
+        # trial's parameters here include those it was queued with (`retry_params`): a re-run
+        # whose coordinator died while its space was still asking for them holds them only so.
         assert all(final.params[original].items() <= final.params[n].items() for n in chain)
 
 

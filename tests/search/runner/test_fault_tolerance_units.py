@@ -20,7 +20,7 @@ from search.storage.urls import make_storage
 from search.study.budget import Limits, budget, is_retried
 from search.tracking.runs import StudyTracker
 from search.trial.closing import Ending, TrialCloser, Verdict
-from search.trial.retry import RetryPolicy, enqueue_retry
+from search.trial.retry import RetryPolicy, enqueue_retry, retry_params
 from search.vocabulary import Reason, TrialAttr
 
 
@@ -67,6 +67,24 @@ def test_budget_counts_a_retried_failure_once() -> None:
         reason="interrupted",
     )
     assert study.ask().user_attrs["retry_count"] == 1
+
+
+def test_a_re_run_cut_off_while_its_space_asked_is_re_run_with_every_parameter() -> None:
+    # The soak's case: a re-run's coordinator is killed after `ask` but before the space has
+    # asked for all the parameters it was queued with; its own re-run must still get them all.
+    study = optuna.create_study(direction="maximize")
+    floats = optuna.distributions.FloatDistribution(0, 1)
+    original = study.ask({"x": floats, "y": floats})
+    enqueue_retry(
+        study, number=original.number, params=original.params, user_attrs={}, reason="stale"
+    )
+    study.tell(original, state=TrialState.FAIL)
+    cut_off = study.ask()
+    cut_off.suggest_float("x", 0, 1)  # the kill comes before "y" is asked for
+    study.tell(cut_off, state=TrialState.FAIL)
+    frozen = study.trials[cut_off.number]
+    assert frozen.params.keys() == {"x"}
+    assert retry_params(frozen) == original.params
 
 
 def test_gpus_pin_one_worker_each_and_cpu_workers_share_the_cores() -> None:
