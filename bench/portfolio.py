@@ -239,8 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"{len(found)} configurations on {len(corpora)} tasks: {', '.join(args.tasks)}")
     for candidate, score in chosen:
-        name = recipe_of(candidate, corpora).name
-        print(f"  {name:<32} expected score {score:.3f}  {recipe_of(candidate, corpora).why}")
+        recipe = recipe_of(candidate, corpora)
+        print(f"  {recipe.name:<32} expected score {score:.3f}  {recipe.why}")
     print(f"run order: {', '.join(recipe.name for recipe in recipes)}")
     print(f"wrote {write(recipes, source, args.output)}")
     alone = math.nan if not chosen else chosen[0][1]

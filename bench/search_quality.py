@@ -225,8 +225,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=SYSTEMS[1:],
         metavar="SYSTEM",
         help="run only these besides stock KerasTuner's Hyperband, e.g. 'hand recipe' (default: "
-        "all "
-        f"of {', '.join(SYSTEMS[1:])}; the shipped study, {SHIPPED!r}, always runs)",
+        f"all of {', '.join(SYSTEMS[1:])}; the shipped study, {SHIPPED!r}, always runs)",
     )
     parser.add_argument(
         "--fresh",

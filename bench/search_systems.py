@@ -123,22 +123,18 @@ def run_hyperband(
 ) -> list[SearchTrial]:
     """One iteration of KerasTuner's Hyperband (factor 3): stock `keras_tuner.Hyperband`, or
     with `engine` the KerasTuner engine's oracle with the demo study's collapse rules."""
+
+    def on_trial(trial: HyperbandTrial) -> None:
+        report(_hyperband_line(trial))
+
     if engine:
+        rules = get_study_spec("demo").rules
         hyperband = run_keras_tuner_hyperband(
-            space,
-            data_source,
-            max_epochs=max_epochs,
-            seed=seed,
-            rules=get_study_spec("demo").rules,
-            on_trial=lambda trial: report(_hyperband_line(trial)),
+            space, data_source, max_epochs=max_epochs, seed=seed, rules=rules, on_trial=on_trial
         )
     else:
         hyperband = run_keras_tuner_stock(
-            space,
-            data_source,
-            max_epochs=max_epochs,
-            seed=seed,
-            on_trial=lambda trial: report(_hyperband_line(trial)),
+            space, data_source, max_epochs=max_epochs, seed=seed, on_trial=on_trial
         )
     return [
         SearchTrial(
