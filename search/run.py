@@ -40,7 +40,7 @@ from search.study.registry import STUDIES, StudySpec, UnknownStudyError
 from search.study.setup import RunSettings, StudyMismatchError
 from search.trial.retry import RetryPolicy, StudyStoppedError
 from trainers.caching.store import GIGABYTE
-from trainers.data.image_folder import scan_image_folder
+from trainers.data.image_folder import scan_data_folders
 from trainers.errors import ModelBuildError, TrainerInputError
 from trainers.installation import add_version_option, require_tensorflow
 from trainers.outputs import ensure_writable_folder
@@ -211,10 +211,7 @@ def preflight(spec: StudySpec, data_source: str) -> None:
             f"model.weights: {weights} of the {spec.name} study does not exist; pass --weights "
             "imagenet or a .weights.h5 file"
         )
-    if config.data.source_kind == "directory":
-        scan_image_folder(config.data.source)
-        if isinstance(config.data.validation, str):
-            scan_image_folder(config.data.validation)
+    scan_data_folders(config.data)
 
 
 def settings_from(args: argparse.Namespace) -> tuple[StudySpec, RunSettings]:

@@ -1,10 +1,31 @@
-"""Output folders: created and proven writable before any training time is spent."""
+"""Output folders: proven writable before any training time is spent.
+
+`check_writable_folder` looks without creating anything, for checks that run before bad input
+is ruled out; `ensure_writable_folder` creates the folder and writes a probe file into it.
+"""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 from trainers.errors import OutputFolderError
+
+
+def check_writable_folder(folder: str | Path) -> None:
+    """Raise OutputFolderError unless `folder` exists and is writable, or could be created in
+    its nearest existing parent; creates nothing."""
+    folder = Path(folder)
+    absolute = folder.absolute()
+    existing = next(path for path in (absolute, *absolute.parents) if path.exists())
+    if not existing.is_dir():
+        reason = os.strerror(errno.ENOTDIR)
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = os.strerror(errno.EACCES)
+    else:
+        return
+    raise OutputFolderError(f"output folder {folder} is not writable: {reason} ({existing})")
 
 
 def ensure_writable_folder(folder: str | Path) -> Path:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from trainers.caching.store import GIGABYTE
 from trainers.config.schema import TrainConfig, load_config, save_config
+from trainers.data.image_folder import scan_data_folders
 from trainers.errors import TrainerInputError
 from trainers.installation import add_version_option, require_tensorflow
-from trainers.outputs import ensure_writable_folder
+from trainers.outputs import check_writable_folder, ensure_writable_folder
 from trainers.tracking import (
     check_tracking_uri,
     config_params,
@@ -67,11 +68,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def output_folder(output: str | None, config_path: Path) -> Path:
+def output_path(output: str | None, config_path: Path) -> Path:
+    """`--output`, or runs/<config name>-<UTC time>."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return ensure_writable_folder(
-        Path(output) if output else Path("runs") / f"{config_path.stem}-{stamp}"
-    )
+    return Path(output) if output else Path("runs") / f"{config_path.stem}-{stamp}"
 
 
 def _run_tags(config: TrainConfig, config_path: Path) -> dict[str, str]:
@@ -93,19 +93,24 @@ def train(
 ) -> int:
     require_tensorflow()
     config = load_config(config_path)
+    # A bad data folder, an unusable tracking URI, an unwritable output folder: each is one
+    # line before TensorFlow is imported (seconds) and before a run or a file is created.
+    folders = scan_data_folders(config.data)
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri)
+    destination = output_path(output, config_path)
+    check_writable_folder(destination)
 
-    # Importing the Keras side only now keeps `--help` and config errors instant.
+    # Importing the Keras side only now keeps `--help` and every error above instant.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from trainers.data.pipelines import load_datasets
     from trainers.fit.loop import fit
     from trainers.fit.plots import plot_learning_curves
 
-    # Bad data, an unusable tracking URI, an unwritable folder: all fail before a run or a
-    # file is created.
-    datasets = load_datasets(config, cache_dir=cache_dir)
-    check_tracking_uri(resolve_tracking_uri(tracking_uri))
-    folder = output_folder(output, config_path)
-    uri = resolve_tracking_uri(tracking_uri)
+    # What only TensorFlow can check (a TFDS name, images it cannot decode) also fails here,
+    # before the folder is made.
+    datasets = load_datasets(config, cache_dir=cache_dir, folders=folders)
+    folder = ensure_writable_folder(destination)
     client = make_client(uri)
     run = client.create_run(
         ensure_experiment(client, experiment),

@@ -2,8 +2,9 @@
 
 Scanning checks every file with Pillow, so that non-image and corrupt files are skipped and
 counted before training instead of crashing an epoch, and so that an empty folder, a class with
-no images or a single class is an error before any model is built. The search coordinator uses
-it to reject a bad data directory before it starts any trial.
+no images or a single class is an error before any model is built. The search coordinator and
+`trainers.train` scan a config's folders (`scan_data_folders`) to reject a bad data directory
+before any trial starts or TensorFlow is imported.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from trainers.errors import DataError, DataWarning
+
+if TYPE_CHECKING:
+    from trainers.config.schema import DataConfig
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,27 @@ def scan_image_folder(root: str | Path, *, class_names: Sequence[str] | None = N
             stacklevel=2,
         )
     return ImageFolder(root, tuple(paths), tuple(labels), tuple(found), tuple(skipped))
+
+
+@dataclass(frozen=True)
+class DataFolders:
+    """A directory source's scanned folders: the training folder, and the validation folder
+    where the config names one (else its validation images are split off the training one)."""
+
+    train: ImageFolder
+    validation: ImageFolder | None = None
+
+
+def scan_data_folders(data: DataConfig) -> DataFolders | None:
+    """Scan the folders `data` names (None for a synthetic or TFDS source): the check that
+    rejects a bad data directory before TensorFlow is imported or anything is written, and
+    whose result the pipelines then use (`trainers.data.pipelines.load_datasets`)."""
+    if data.source_kind != "directory":
+        return None
+    train = scan_image_folder(data.source)
+    if not isinstance(data.validation, str):
+        return DataFolders(train)
+    return DataFolders(train, scan_image_folder(data.validation, class_names=train.class_names))
 
 
 def stratified_split(labels: Sequence[int] | np.ndarray, fraction: float, seed: int) -> Split:

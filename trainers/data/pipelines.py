@@ -27,7 +27,7 @@ from trainers.caching.store import CacheFullError, CacheProgress
 from trainers.config.schema import SYNTHETIC_PREFIX, TFDS_PREFIX, TrainConfig
 from trainers.data.augmentation import make_augmentation
 from trainers.data.examples import Examples, in_order
-from trainers.data.image_folder import scan_image_folder, stratified_split
+from trainers.data.image_folder import DataFolders, scan_data_folders, stratified_split
 from trainers.data.synthetic import GENERATOR_VERSION as SYNTHETIC_GENERATOR_VERSION
 from trainers.data.synthetic import generate
 from trainers.errors import DataError, DataWarning
@@ -64,25 +64,36 @@ class Datasets:
         )
 
 
-def load_examples(config: TrainConfig) -> Examples:
-    """The images `config.data` describes, in order; raise DataError for unusable data."""
+def load_examples(config: TrainConfig, folders: DataFolders | None = None) -> Examples:
+    """The images `config.data` describes, in order; raise DataError for unusable data.
+
+    `folders`: a directory source's folders as already scanned (`scan_data_folders`), so that
+    a caller that checked them first does not read every file twice.
+    """
     kind = config.data.source_kind
     if kind == "synthetic":
         return _synthetic(config)
     if kind == "tfds":
         return _tfds(config)
-    return _directory(config)
+    scanned = folders or scan_data_folders(config.data)
+    assert scanned is not None  # a directory source
+    return _directory(config, scanned)
 
 
 def load_datasets(
-    config: TrainConfig, *, cache_dir: Path | None = None, progress: CacheProgress | None = None
+    config: TrainConfig,
+    *,
+    cache_dir: Path | None = None,
+    progress: CacheProgress | None = None,
+    folders: DataFolders | None = None,
 ) -> Datasets:
     """Build both pipelines for `config`; raise DataError for unusable data.
 
     With `cache_dir`, images are decoded and resized once into a cache shared by every run
-    that uses the same images at the same size (`trainers.caching.images`).
+    that uses the same images at the same size (`trainers.caching.images`). `folders` as for
+    `load_examples`.
     """
-    examples = load_examples(config)
+    examples = load_examples(config, folders)
     if cache_dir is not None:
         try:
             examples = decoded_images(examples, cache_dir, progress)
@@ -236,13 +247,13 @@ def _files_fingerprint(paths: np.ndarray, labels: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _directory(config: TrainConfig) -> Examples:
-    folder = scan_image_folder(config.data.source)
+def _directory(config: TrainConfig, folders: DataFolders) -> Examples:
+    folder, held_out = folders.train, folders.validation
     labels = np.asarray(folder.labels, np.int64)
     paths = np.asarray(folder.paths)
     skipped = folder.skipped
     if isinstance(config.data.validation, str):
-        held_out = scan_image_folder(config.data.validation, class_names=folder.class_names)
+        assert held_out is not None  # scan_data_folders scans a named validation folder
         train_paths, train_labels = paths, labels
         validation_paths = np.asarray(held_out.paths)
         validation_labels = np.asarray(held_out.labels, np.int64)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import small_config_dict
 from trainers.config.schema import TrainConfig
-from trainers.data.image_folder import scan_image_folder, stratified_split
+from trainers.data.image_folder import scan_data_folders, scan_image_folder, stratified_split
 from trainers.data.pipelines import balanced_class_weights, load_datasets
 from trainers.errors import DataError, DataWarning
 
@@ -87,8 +87,29 @@ def test_validation_folder_must_have_the_same_classes(image_folder: Path, tmp_pa
     other = write_image_folder(
         tmp_path / "val", "source", num_classes=3, images_per_class=2, image_size=40
     )
+    config = _folder_config(image_folder, validation=str(other))
     with pytest.raises(DataError, match="must have the training classes"):
-        load_datasets(_folder_config(image_folder, validation=str(other)))
+        load_datasets(config)
+    # The scan that search.run and trainers.train make before TensorFlow says so too.
+    with pytest.raises(DataError, match="must have the training classes"):
+        scan_data_folders(config.data)
+
+
+def test_the_folders_scanned_first_are_the_ones_loaded(image_folder: Path) -> None:
+    from PIL import Image
+
+    config = _folder_config(image_folder, validation=0.25)
+    folders = scan_data_folders(config.data)
+    assert folders is not None and folders.validation is None
+    assert len(folders.train.paths) == 24
+    # An image added after the scan is not read: the pipelines load what was checked, and
+    # read no file twice.
+    first_class = sorted(image_folder.iterdir())[0]
+    with Image.open(next(first_class.glob("*.png"))) as image:
+        image.save(first_class / "late.png")
+    datasets = load_datasets(config, folders=folders)
+    assert datasets.train_count + datasets.validation_count == 24
+    assert scan_data_folders(TrainConfig.from_dict(small_config_dict()).data) is None
 
 
 def test_corrupt_and_non_image_files_are_skipped_counted_and_never_crash_an_epoch(
