@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import FixedTrial
 
-from search.study.registry import EFFNET_B4_RECIPE
+from search.study.registry import EFFNET_B4_RECIPE, STUDIES
 from spaces import demo, effnet_b0, effnet_b4, smoke
 
 LINEAR_PROBE = {
@@ -133,9 +133,9 @@ def _check_optional_range(
 
 @pytest.mark.parametrize("module", [effnet_b4, demo], ids=lambda m: m.__name__)
 def test_spaces_work_under_tpe_with_conditionals(module: Any) -> None:
-    # The sampler the studies use: multivariate, grouped TPE, which sees the conditional
-    # parameters as separate groups.
-    sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=5, multivariate=True, group=True)
+    # The sampler the module's study uses: multivariate, grouped TPE, which sees the
+    # conditional parameters as separate groups.
+    sampler = STUDIES[module.__name__.removeprefix("spaces.")].make_sampler()
     study = optuna.create_study(direction="maximize", sampler=sampler)
     fine_tuned = 0
     for _ in range(25):

@@ -18,9 +18,11 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from search.engines.base import ask_quietly
 from search.reporting.console import StudySummary
 from search.run import main as run_main
 from search.storage.lock import StudyLock
+from search.storage.urls import make_storage
 from search.study.setup import StudyMismatchError
 from search.trial.retry import enqueue_retry
 from search.vocabulary import Reason, StudyAttr, TrialAttr
@@ -202,9 +204,9 @@ def test_a_trial_a_peer_took_over_is_dropped_not_told_twice(tiny: TinyStudy) -> 
 
 def test_a_dead_peers_trial_is_failed_as_stale_and_re_run(tiny: TinyStudy) -> None:
     # A trial another coordinator claimed (one heartbeat, its identity), then it died.
-    storage = optuna.storages.RDBStorage(tiny.storage, heartbeat_interval=1, grace_period=2)
+    storage = make_storage(tiny.storage, heartbeat_interval=1, grace_period=2)
     study = optuna.create_study(study_name=tiny.name, storage=storage, direction="maximize")
-    tiny_space(orphan := study.ask(), "synthetic:target")
+    tiny_space(orphan := ask_quietly(study), "synthetic:target")
     storage.record_heartbeat(orphan._trial_id)
     orphan.set_user_attr(TrialAttr.COORDINATOR, "dead-host:1")
     outcome = tiny.run({}, n_trials=2, heartbeat_interval=1, grace_period=2)

@@ -12,6 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from search.engines.base import ask_quietly
 from search.runner.faults import Fault, parse_faults
 from search.runner.liveness import Liveness
 from search.runner.slots import SlotError, detect_gpus, parse_gpus, worker_environments
@@ -157,7 +158,7 @@ def _sqlite_study(tmp_path: Path) -> tuple[optuna.Study, optuna.storages.RDBStor
 
 
 def _ask(study: optuna.Study) -> optuna.Trial:
-    trial = study.ask()
+    trial = ask_quietly(study)
     trial.suggest_float("x", 0, 1)
     return trial
 
