@@ -23,6 +23,7 @@ from trainers.config.schema import TrainConfig, load_config, save_config
 from trainers.data.image_folder import scan_data_folders
 from trainers.errors import TrainerInputError
 from trainers.installation import add_version_option, require_tensorflow
+from trainers.model.backbones import check_weights
 from trainers.outputs import check_writable_folder, ensure_writable_folder
 from trainers.tracking import (
     check_tracking_uri,
@@ -93,8 +94,10 @@ def train(
 ) -> int:
     require_tensorflow()
     config = load_config(config_path)
-    # A bad data folder, an unusable tracking URI, an unwritable output folder: each is one
-    # line before TensorFlow is imported (seconds) and before a run or a file is created.
+    # A missing weights file, a bad data folder, an unusable tracking URI, an unwritable output
+    # folder: each is one line before TensorFlow is imported (seconds) and before a run or a
+    # file is created.
+    check_weights(config.model.weights)
     folders = scan_data_folders(config.data)
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)

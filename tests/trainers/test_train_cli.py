@@ -214,19 +214,19 @@ def test_missing_config_file_is_one_error_line(tmp_path: Path) -> None:
     assert done.stderr.strip() == "error: nope.yaml: no such config file"
 
 
-def test_unwritable_output_is_reported_before_training(tmp_path: Path) -> None:
-    blocker = tmp_path / "a-file"
+def test_unwritable_output_is_reported_before_training(workdir: Path) -> None:
+    blocker = workdir / "a-file"
     blocker.write_text("")
     output = blocker / "out" / "run"
     config = str(REPO / "configs" / "cpu_small.yaml")
-    done = _run(["--config", config, "--output", str(output)], tmp_path, say_if_tensorflow=True)
+    done = _run(["--config", config, "--output", str(output)], workdir, say_if_tensorflow=True)
     assert done.returncode == 2
     assert done.stderr == (
         f"error: output folder {output} is not writable: Not a directory ({blocker})\n"
     )
     # Said before TensorFlow was imported (seconds), and nothing was created.
     assert done.stdout.splitlines()[-1] == "tensorflow imported: False"
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"]
+    assert sorted(path.name for path in workdir.iterdir()) == ["a-file", "spaces"]
 
 
 def test_bad_data_directory_is_one_error_line(tmp_path: Path) -> None:
@@ -246,3 +246,16 @@ def test_bad_data_directory_is_one_error_line(tmp_path: Path) -> None:
     # Said before TensorFlow was imported, and nothing was written: no folder, no store.
     assert done.stdout.splitlines()[-1] == "tensorflow imported: False"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["dogs.yaml"]
+
+
+def test_a_missing_weights_file_is_one_error_line_and_writes_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "mine.yaml"
+    raw = yaml.safe_load((REPO / "configs" / "cpu_small.yaml").read_text(encoding="utf-8"))
+    raw["model"]["weights"] = "nope.weights.h5"
+    config.write_text(yaml.safe_dump(raw))
+    done = _run(["--config", str(config), "--output", "out"], tmp_path, say_if_tensorflow=True)
+    assert done.returncode == 2
+    assert done.stderr == "error: model.weights: no such weights file: nope.weights.h5\n"
+    # Said before TensorFlow was imported; no output folder, no MLflow store, no run.
+    assert done.stdout.splitlines()[-1] == "tensorflow imported: False"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mine.yaml"]

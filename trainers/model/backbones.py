@@ -17,7 +17,10 @@ import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+from trainers.errors import ModelBuildError
 
 if TYPE_CHECKING:
     import keras
@@ -132,6 +135,20 @@ BACKBONES: dict[str, BackboneSpec] = {
 
 class UnknownBackboneError(ValueError):
     """Raised for a backbone name that is not in the registry."""
+
+
+def check_weights(weights: str | None) -> str | None:
+    """`model.weights` as Keras takes it: None, "imagenet", or the path of a `.h5` file that is
+    there; ModelBuildError otherwise. Needs no Keras, so a command checks it before it
+    imports TensorFlow."""
+    if weights is None or weights == "imagenet":
+        return weights
+    path = Path(weights)
+    if not path.is_file():
+        raise ModelBuildError(f"model.weights: no such weights file: {weights}")
+    if not path.name.endswith(".h5"):
+        raise ModelBuildError(f"model.weights: expected a Keras .weights.h5 file, got {weights}")
+    return str(path)
 
 
 def get_backbone(name: str) -> BackboneSpec:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import keras
 
@@ -22,6 +21,7 @@ from trainers.model.backbones import (
     BackboneSpec,
     BlockUnit,
     build_backbone,
+    check_weights,
     get_backbone,
     group_layers_into_units,
 )
@@ -71,17 +71,6 @@ class TrainableSummary:
         )
 
 
-def _resolve_weights(weights: str | None) -> str | None:
-    if weights is None or weights == "imagenet":
-        return weights
-    path = Path(weights)
-    if not path.is_file():
-        raise ModelBuildError(f"model.weights: no such weights file: {weights}")
-    if not path.name.endswith(".h5"):
-        raise ModelBuildError(f"model.weights: expected a Keras .weights.h5 file, got {weights}")
-    return str(path)
-
-
 def _drop_connect_layers(backbone: keras.Model) -> list[keras.layers.Dropout]:
     return [
         layer
@@ -105,7 +94,7 @@ def set_drop_connect_rate(backbone: keras.Model, spec: BackboneSpec, rate: float
 def build_model(config: TrainConfig, num_classes: int) -> FineTuneModel:
     """Backbone (with its own preprocessing) -> global average pool -> dropout -> softmax."""
     spec = get_backbone(config.model.backbone)
-    weights = _resolve_weights(config.model.weights)
+    weights = check_weights(config.model.weights)
     size = config.data.image_size
     try:
         backbone = build_backbone(spec, image_size=size, weights=weights)
