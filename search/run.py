@@ -43,6 +43,7 @@ from trainers.caching.store import GIGABYTE
 from trainers.data.image_folder import scan_data_folders
 from trainers.errors import ModelBuildError, TrainerInputError
 from trainers.installation import add_version_option, require_tensorflow
+from trainers.model.backbones import check_weights
 from trainers.outputs import ensure_writable_folder
 from trainers.redaction import hide_passwords
 from trainers.tracking import check_tracking_uri, resolve_tracking_uri
@@ -205,12 +206,12 @@ def preflight(spec: StudySpec, data_source: str) -> None:
     if spec.enqueued:
         probe.enqueue_trial(dict(spec.enqueued[0].params))
     config = spec.space(probe.ask(), data_source)
-    weights = config.model.weights
-    if weights not in (None, "imagenet") and not Path(weights).is_file():
+    try:
+        check_weights(config.model.weights)
+    except ModelBuildError as error:
         raise ModelBuildError(
-            f"model.weights: {weights} of the {spec.name} study does not exist; pass --weights "
-            "imagenet or a .weights.h5 file"
-        )
+            f"the {spec.name} study's {error}; pass --weights imagenet or a .weights.h5 file"
+        ) from None
     scan_data_folders(config.data)
 
 

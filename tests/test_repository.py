@@ -121,9 +121,13 @@ def test_the_search_side_never_loads_tensorflow() -> None:
     # The coordinator must hold no GPU memory and start fast: every module of search/ and
     # spaces/ (the worker module it spawns from included) and the trainers modules they use
     # leave TensorFlow and Keras to the workers; listing a study's space, study files
-    # included, and sampling a space load neither either.
+    # included, and sampling a space load neither either. So does `trainers.train`'s own
+    # module: its input checks come before it imports TensorFlow (test_train_cli.py checks
+    # that a bad input's run stops there).
     modules = [name for package in ("search", "spaces") for name, _ in _modules(package)]
     modules += [
+        "trainers.train",
+        "trainers.outputs",
         "trainers.config.schema",
         "trainers.fit.history",
         "trainers.fit.window",

@@ -72,6 +72,19 @@ def test_a_missing_weights_file_is_one_error_line_naming_the_option(tmp_path: Pa
     assert not (tmp_path / "optuna.db").exists()
 
 
+def test_a_study_whose_weights_are_not_a_keras_file_is_one_error_line(tmp_path: Path) -> None:
+    # The file is there (the study file's own check), but it is no .weights.h5: every trial
+    # would fail on it.
+    (tmp_path / "mine.txt").write_text("not weights")
+    (tmp_path / "mine.yaml").write_text("name: mine\nspace: demo\nweights: mine.txt\n")
+    line = _one_error_line(_run("search.run", ["--study", "mine.yaml"], tmp_path))
+    assert line == (
+        "error: the mine study's model.weights: expected a Keras .weights.h5 file, got "
+        f"{tmp_path / 'mine.txt'}; pass --weights imagenet or a .weights.h5 file"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mine.txt", "mine.yaml"]
+
+
 def test_a_data_source_the_space_rejects_is_one_error_line(tmp_path: Path) -> None:
     line = _one_error_line(
         _run("search.run", ["--study", "demo", "--data", "synthetic:foo"], tmp_path)

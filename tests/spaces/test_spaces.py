@@ -133,7 +133,7 @@ def _check_optional_range(
 
 @pytest.mark.parametrize("module", [effnet_b4, demo], ids=lambda m: m.__name__)
 def test_spaces_work_under_tpe_with_conditionals(module: Any) -> None:
-    # The sampler the module's study uses: multivariate, grouped TPE, which sees the
+    # The sampler the module's study makes: multivariate, grouped TPE, which sees the
     # conditional parameters as separate groups.
     sampler = STUDIES[module.__name__.removeprefix("spaces.")].make_sampler()
     study = optuna.create_study(direction="maximize", sampler=sampler)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
+from search.vocabulary import TrialAttr
 from tests.search.harness import (
     CoordinatorProcess,
     check_final_invariants,
@@ -50,6 +51,12 @@ def test_injected_worker_faults_are_handled_as_the_policy_says(tmp_path: Path) -
     )
     assert coordinator.finish() == 0, coordinator.output[-3000:]
     final = snapshot("smoke", storage, tracking, TARGET)
+    # The schedule's premise: the start-up queued three portfolio recipes ahead of the re-runs
+    # (a rebuilt portfolio.yaml of another size would move every fault to another trial).
+    labels = [final.user_attrs[number].get(TrialAttr.ENQUEUED) for number in range(3)]
+    assert all(str(label).startswith("portfolio:") for label in labels), labels
+    assert not any(TrialAttr.RETRY_OF in final.user_attrs[number] for number in range(3))
+    assert {final.user_attrs[number].get(TrialAttr.RETRY_OF) for number in (3, 4)} == {0, 1}
     # Killed workers (here while writing the cache) and a host OOM are re-run; a GPU OOM is
     # infeasible (pruned, no re-run); a real NaN loss is pruned.
     assert final.with_reason("worker_died") == [0, 1, 5]
