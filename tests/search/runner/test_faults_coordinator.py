@@ -62,10 +62,10 @@ def test_random_coordinator_kills_and_ctrl_c_lose_no_trial(tmp_path: Path) -> No
 
     # 2. Resume; once the dead coordinator's trials went stale (and were queued again), Ctrl-C
     # during a trial's epochs: trials are marked, stores stay consistent.
-    second = coordinator(seconds_per_epoch=5.0)
+    second = coordinator(seconds_per_epoch=10.0)
     for _ in orphaned:
         assert second.read_until(lambda line: " stale_heartbeat: " in line), second.output
-    # Stop a trial that still has epochs to train (5 s each): one that sent its last epoch
+    # Stop a trial that still has epochs to train (10 s each): one that sent its last epoch
     # just before the Ctrl-C keeps its result, which is right but leaves nothing to check.
     assert second.read_until(has_epochs_left), second.output[-2000:]
     second.signal(signal.SIGINT)
