@@ -110,7 +110,7 @@ def train(
     from trainers.fit.loop import fit
     from trainers.fit.plots import plot_learning_curves
 
-    # What only TensorFlow can check (a TFDS name, images it cannot decode) also fails here,
+    # What only TensorFlow can check (a TFDS dataset that cannot be loaded) fails here, still
     # before the folder is made.
     datasets = load_datasets(config, cache_dir=cache_dir, folders=folders)
     folder = ensure_writable_folder(destination)

@@ -43,6 +43,15 @@ def _run(
     )
 
 
+def _refused_before_tensorflow(args: list[str], cwd: Path) -> str:
+    """Run the command on bad input: exit status 2, said before TensorFlow was imported (it
+    takes seconds); returns what it printed on stderr."""
+    done = _run(args, cwd, say_if_tensorflow=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout.splitlines()[-1] == "tensorflow imported: False"
+    return done.stderr
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     # The example config names its weights relative to the working directory, as users run it.
@@ -219,13 +228,9 @@ def test_unwritable_output_is_reported_before_training(workdir: Path) -> None:
     blocker.write_text("")
     output = blocker / "out" / "run"
     config = str(REPO / "configs" / "cpu_small.yaml")
-    done = _run(["--config", config, "--output", str(output)], workdir, say_if_tensorflow=True)
-    assert done.returncode == 2
-    assert done.stderr == (
-        f"error: output folder {output} is not writable: Not a directory ({blocker})\n"
-    )
-    # Said before TensorFlow was imported (seconds), and nothing was created.
-    assert done.stdout.splitlines()[-1] == "tensorflow imported: False"
+    stderr = _refused_before_tensorflow(["--config", config, "--output", str(output)], workdir)
+    assert stderr == f"error: output folder {output} is not writable: Not a directory ({blocker})\n"
+    # Nothing was created.
     assert sorted(path.name for path in workdir.iterdir()) == ["a-file", "spaces"]
 
 
@@ -240,11 +245,9 @@ def test_bad_data_directory_is_one_error_line(tmp_path: Path) -> None:
             }
         )
     )
-    done = _run(["--config", str(config), "--output", "out"], tmp_path, say_if_tensorflow=True)
-    assert done.returncode == 2
-    assert done.stderr == f"error: data directory {tmp_path / 'no-such-dogs'} does not exist\n"
-    # Said before TensorFlow was imported, and nothing was written: no folder, no store.
-    assert done.stdout.splitlines()[-1] == "tensorflow imported: False"
+    stderr = _refused_before_tensorflow(["--config", str(config), "--output", "out"], tmp_path)
+    assert stderr == f"error: data directory {tmp_path / 'no-such-dogs'} does not exist\n"
+    # Nothing was written: no folder, no store.
     assert sorted(path.name for path in tmp_path.iterdir()) == ["dogs.yaml"]
 
 
@@ -253,9 +256,7 @@ def test_a_missing_weights_file_is_one_error_line_and_writes_nothing(tmp_path: P
     raw = yaml.safe_load((REPO / "configs" / "cpu_small.yaml").read_text(encoding="utf-8"))
     raw["model"]["weights"] = "nope.weights.h5"
     config.write_text(yaml.safe_dump(raw))
-    done = _run(["--config", str(config), "--output", "out"], tmp_path, say_if_tensorflow=True)
-    assert done.returncode == 2
-    assert done.stderr == "error: model.weights: no such weights file: nope.weights.h5\n"
-    # Said before TensorFlow was imported; no output folder, no MLflow store, no run.
-    assert done.stdout.splitlines()[-1] == "tensorflow imported: False"
+    stderr = _refused_before_tensorflow(["--config", str(config), "--output", "out"], tmp_path)
+    assert stderr == "error: model.weights: no such weights file: nope.weights.h5\n"
+    # No output folder, no MLflow store, no run.
     assert sorted(path.name for path in tmp_path.iterdir()) == ["mine.yaml"]
